@@ -1,0 +1,140 @@
+"""Trainer behaviour: one compile per shape, jit == no-jit, vmap == loop, KL >= 0, NaN-safety."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vi_sweep.targets import standard_normal
+from vi_sweep.trainer import (
+    TrainSpec,
+    as_hyper,
+    jitted_batch_train,
+    jitted_train,
+    logged_steps,
+    make_train,
+    split_fields,
+    train_one,
+)
+
+
+def fields(**overrides):
+    base = dict(
+        objective="mc", estimator="reparam", num_mc=4, optimizer="adam", target="standard_normal",
+        d=10, steps=60, log_every=20, lr=1e-2, seed=0, init_log_sigma=-2.0,
+        optimizer_b1=0.9, optimizer_b2=0.999, optimizer_eps=1e-8, optimizer_grad_clip=None,
+    )
+    base.update(overrides)
+    return base
+
+
+class CompileCounter:
+    """Counts XLA backend compilations while active (optax's ``log_compilations`` idea)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __enter__(self):
+        self._listener = lambda event, duration, **kw: self._on(event)
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def _on(self, event):
+        if event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def test_logged_steps_follow_the_notebook():
+    assert logged_steps(2000, 200).tolist() == [1] + list(range(200, 2001, 200))
+    assert logged_steps(5, 1).tolist() == [1, 2, 3, 4, 5]
+    assert logged_steps(7, 10).tolist() == [1]
+    assert logged_steps(25, 10).tolist() == [1, 10, 20]
+
+
+def test_changing_lr_seed_and_init_never_recompiles():
+    spec, traced = split_fields(fields(steps=40, log_every=10))
+    train_one(spec, traced)  # first call compiles
+    with CompileCounter() as counter:
+        for lr, seed, init in [(0.3, 1, -1.0), (1e-4, 7, 0.5), (2.0, 123, -5.0)]:
+            spec2, traced2 = split_fields(fields(steps=40, log_every=10, lr=lr, seed=seed, init_log_sigma=init))
+            assert spec2 == spec
+            train_one(spec2, traced2)
+    assert counter.count == 0
+
+
+def test_a_new_shape_compiles_exactly_once():
+    spec, traced = split_fields(fields(steps=30, log_every=10, num_mc=3))
+    with CompileCounter() as counter:
+        train_one(spec, traced)
+        first = counter.count
+        train_one(spec, split_fields(fields(steps=30, log_every=10, num_mc=3, seed=5))[1])
+    assert first >= 1
+    assert counter.count == first
+
+
+def test_jit_equals_no_jit():
+    spec, traced = split_fields(fields(steps=30, log_every=10))
+    _, rows_jit = jitted_train(spec)(as_hyper(traced))
+    with jax.disable_jit():
+        _, rows_eager = make_train(spec)(as_hyper(traced))
+    for a, b in zip(rows_jit, rows_eager):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_vmapped_grid_equals_a_loop_of_single_runs():
+    grid = [fields(lr=lr, seed=seed, init_log_sigma=init) for lr in (1e-3, 0.1) for seed in (0, 3) for init in (-3.0, 0.0)]
+    spec = split_fields(grid[0])[0]
+    batch = [split_fields(f)[1] for f in grid]
+    _, rows = jitted_batch_train(spec)(as_hyper(batch))
+    for i, traced in enumerate(batch):
+        _, single = train_one(spec, traced)
+        for name in ("loss", "kl", "mu_norm", "sigma_min"):
+            np.testing.assert_allclose(np.asarray(getattr(rows, name))[i], single[name], rtol=1e-5, atol=1e-6)
+
+
+def test_exact_jobs_share_one_program_whatever_num_mc_and_estimator():
+    a, _ = split_fields(fields(objective="exact", num_mc=1, estimator="reparam"))
+    b, _ = split_fields(fields(objective="exact", num_mc=32, estimator="stl"))
+    assert a == b
+
+
+def test_kl_is_never_negative_at_and_near_the_optimum():
+    target = standard_normal(100)
+    for scale in (0.0, 1e-8, 1e-6, 1e-4, 1e-2, 0.1, 1.0):
+        for sign in (1.0, -1.0):
+            log_sigma = jnp.full((100,), sign * scale)
+            assert float(target.kl(jnp.zeros(100), log_sigma)) >= 0.0
+
+
+def test_kl_matches_the_closed_form_away_from_the_optimum():
+    target = standard_normal(5)
+    mu = jnp.array([0.5, -1.0, 2.0, 0.0, 0.3])
+    log_sigma = jnp.array([-3.0, -0.5, 0.2, 1.0, 0.05])
+    naive = 0.5 * np.sum(np.exp(2 * np.asarray(log_sigma, np.float64)) + np.asarray(mu, np.float64) ** 2 - 2 * np.asarray(log_sigma, np.float64) - 1)
+    assert float(target.kl(mu, log_sigma)) == pytest.approx(naive, rel=1e-6)
+
+
+def test_a_nan_stops_updates_and_records_the_step():
+    # Plain SGD with a huge step overshoots log_sigma until exp() overflows: a real divergence.
+    spec, traced = split_fields(
+        {k: v for k, v in fields(optimizer="sgd", lr=50.0, steps=200, log_every=10).items() if not k.startswith("optimizer_b") and k != "optimizer_eps"}
+    )
+    state, rows = train_one(spec, traced)
+    diverged_at = int(state.diverged_at)
+    assert 1 <= diverged_at <= 200
+    assert np.all(np.isfinite(np.asarray(state.params.mu))) and np.all(np.isfinite(np.asarray(state.params.log_sigma)))
+    after = rows["step"] >= diverged_at
+    assert rows["diverged"][after].all() and not rows["diverged"][~after].any()
+    assert np.isnan(rows["loss"][rows["step"] > diverged_at]).all()
+    assert (rows["kl"][np.isfinite(rows["kl"])] >= 0).all()
+
+
+def test_a_run_that_stays_finite_reports_no_divergence():
+    state, rows = train_one(*split_fields(fields()))
+    assert int(state.diverged_at) == 0
+    assert not rows["diverged"].any()

@@ -1,0 +1,89 @@
+"""Command line: ``python -m vi_sweep {run,multirun,report} ...``.
+
+- ``run [overrides]``: one training run (Hydra's ``--cfg``, ``--help``, ``hydra.run.dir=`` ... work).
+- ``multirun [overrides]``: a sweep (same as Hydra's ``-m``); with no overrides the default grid
+  from ``conf/grid/default.yaml`` runs.
+- ``report SWEEP_DIR``: classify the runs of a sweep and write ``SWEEP_DIR/report/``.
+
+Before Hydra starts, every override on a known key is checked (each value of a sweep list too),
+so bad input is one line on stderr, exit code 2, and no output directory is created.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from vi_sweep.config import CONF_DIR, RULES, ConfigError, check_value
+
+COMMANDS = ("run", "multirun", "report")
+
+
+def _override_values(override) -> list:
+    """All values an override stands for (one, or each element of a sweep)."""
+    if override.is_sweep_override():
+        try:
+            return list(override.sweep_iterator())
+        except Exception:  # glob() and interval() do not enumerate: leave them to Hydra
+            return []
+    return [override.value()]
+
+
+def precheck(overrides: Sequence[str]) -> None:
+    """Validate command-line overrides of known keys; raise :class:`ConfigError` on the first bad one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:
+        return  # Hydra reports its own grammar errors
+    for override in parsed:
+        if override.is_delete():
+            continue
+        key = override.key_or_group
+        if key.startswith("hydra"):
+            continue
+        if key not in RULES and key not in ("objective", "optimizer", "target", "scenario", "grid"):
+            continue
+        for value in _override_values(override):
+            check_value(key, value)
+
+
+def _hydra_main() -> None:
+    import hydra
+
+    from vi_sweep.app import task
+
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "report":
+        from analysis.report import main as report_main
+
+        return report_main(args[1:])
+    if args and args[0] == "run":
+        args = args[1:]
+    elif args and args[0] == "multirun":
+        args = ["--multirun", *args[1:]]
+
+    from hydra._internal.utils import get_args_parser
+
+    parsed, _ = get_args_parser().parse_known_args(args)
+    try:
+        precheck(parsed.overrides or [])
+    except ConfigError as err:
+        print(f"vi_sweep: error: {err}", file=sys.stderr)
+        return 2
+    if not CONF_DIR.is_dir():
+        print(f"vi_sweep: error: config directory {CONF_DIR} not found (install from a checkout: pip install -e .)", file=sys.stderr)
+        return 2
+    sys.argv = [sys.argv[0], *args]
+    _hydra_main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

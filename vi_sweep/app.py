@@ -1,0 +1,103 @@
+"""The Hydra task: one composed config in, one ``metrics.parquet`` out.
+
+Used by ``python -m vi_sweep run`` and by any Hydra launcher that runs jobs one by one (basic,
+submitit). The batched launcher computes many jobs at once and then calls :func:`finish_job`
+per job, so both paths write identical files.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from vi_sweep.config import ConfigError, run_fields, validate
+
+log = logging.getLogger("vi_sweep")
+
+
+def quiet_jax_logs() -> None:
+    """Hydra's job logging shows INFO; JAX's backend probing (TPU/GPU not found) is noise there."""
+    for name in ("jax._src.xla_bridge", "jax._src.compiler", "jax._src.dispatch"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def job_fields(cfg: DictConfig) -> dict[str, Any]:
+    """Validate a composed job config and return its flat fields (raises :class:`ConfigError`)."""
+    validate(cfg)
+    return run_fields(cfg)
+
+
+def job_scenario(cfg: DictConfig) -> str:
+    """The scenario choice recorded by Hydra for this job (``none`` if not composed by Hydra)."""
+    choice = OmegaConf.select(cfg, "hydra.runtime.choices.scenario", default=None)
+    if choice is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            choice = HydraConfig.get().runtime.choices.get("scenario")
+    return str(choice or "none")
+
+
+def format_row(rows: Mapping[str, np.ndarray], i: int) -> str:
+    """One logged row in the notebook's print format."""
+    return (
+        f"t={int(rows['step'][i]):5d}  loss={float(rows['loss'][i]): .6f}  KL={float(rows['kl'][i]): .6f}  "
+        f"|mu|={float(rows['mu_norm'][i]):.4f}  "
+        f"mean(sigma)={float(rows['sigma_mean'][i]):.4f}  std(sigma)={float(rows['sigma_std'][i]):.4f}  "
+        f"min(sigma)={float(rows['sigma_min'][i]):.4e}"
+    )
+
+
+def finish_job(
+    out_dir: str | Path,
+    cfg: DictConfig,
+    fields: Mapping[str, Any],
+    scenario: str,
+    rows: Mapping[str, np.ndarray],
+    diverged_at: int,
+    *,
+    echo: bool = True,
+) -> dict[str, Any]:
+    """Write the job's parquet atomically, optionally print its rows; return a small summary."""
+    from vi_sweep.results import metrics_table, write_metrics
+
+    table = metrics_table(rows, fields, diverged_at, scenario)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = {k: v for k, v in resolved.items() if k != "hydra"}  # type: ignore[union-attr]
+    resolved["scenario"] = scenario
+    path = write_metrics(out_dir, table, resolved_config=resolved, fields=fields)
+    if echo:
+        for i in range(len(rows["step"])):
+            print(format_row(rows, i))
+        if diverged_at:
+            print(f"diverged at step {diverged_at}: parameters frozen at their last finite values")
+    log.info("wrote %s", path)
+    return {
+        "status": "diverged" if diverged_at else "ok",
+        "diverged_at": int(diverged_at),
+        "final_kl": float(rows["kl"][-1]),
+        "metrics": str(path),
+    }
+
+
+def task(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra task function: validate, train once (jitted, cached per shape), write parquet."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from vi_sweep.trainer import split_fields, train_one
+
+    quiet_jax_logs()
+    try:
+        fields = job_fields(cfg)
+    except ConfigError as err:
+        print(f"vi_sweep: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    spec, traced = split_fields(fields)
+    state, rows = train_one(spec, traced)
+    out_dir = HydraConfig.get().runtime.output_dir
+    return finish_job(out_dir, cfg, fields, job_scenario(cfg), rows, int(state.diverged_at))

@@ -1,0 +1,296 @@
+r"""The trainer: pure ``init`` / ``step`` / ``train`` over small NamedTuple states.
+
+One run is
+
+.. code-block:: text
+
+    key = jax.random.key(seed);  mu = 0;  log_sigma = init_log_sigma
+    for t = 1..steps:
+        key, subkey = split(key)                       # one split per step (the notebook's stream)
+        loss_t, g = value_and_grad(objective)(params, subkey, target)
+        params = optimizer.update(g, ...)              # skipped once a non-finite value appears
+        if t == 1 or t % log_every == 0: log a row     # loss_t and the *updated* params
+
+written as nested ``lax.scan`` s (an inner scan over the steps between two logged rows, an outer
+scan over rows), so metrics cost nothing on unlogged steps and there is no Python loop per step.
+
+Static choices (objective, estimator, num_mc, optimizer, target, d, steps, log_every) form a
+hashable :class:`TrainSpec` bound once by :func:`make_train`; everything numeric that may vary
+inside a sweep (lr, seed, init_log_sigma, optimizer and target hyperparameters) is a traced
+:class:`Hyper`, so ``jax.jit(jax.vmap(make_train(spec)))`` runs a whole grid as one program and
+changing those values never recompiles.
+
+Divergence: a step whose loss, gradient or new parameters are not finite is not applied; the
+run records ``diverged_at`` (that step, 1-based; 0 = never), keeps its last finite parameters
+and reports ``loss = nan`` afterwards. A sweep never crashes on NaN.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vi_sweep.objectives import Params, make_objective
+from vi_sweep.optimizers import make_optimizer
+from vi_sweep.targets import GaussianTarget, make_target
+
+
+class TrainSpec(NamedTuple):
+    """Everything that fixes the compiled program (shapes and code paths). Hashable."""
+
+    objective: str = "mc"
+    estimator: str = "reparam"
+    num_mc: int = 8
+    optimizer: str = "adam"
+    optimizer_static: tuple[tuple[str, Any], ...] = ()  # booleans and "is clipping on"
+    target: str = "standard_normal"
+    d: int = 100
+    steps: int = 2000
+    log_every: int = 200
+
+
+class Hyper(NamedTuple):
+    """Traced per-run values; every leaf is a scalar (or a batch of scalars under ``vmap``)."""
+
+    lr: jax.Array  # shape=(), float32
+    seed: jax.Array  # shape=(), int32
+    init_log_sigma: jax.Array  # shape=(), float32
+    optimizer: dict  # name -> float32 scalar (b1, b2, eps, momentum, grad_clip, ...)
+    target: dict  # name -> float32 scalar (condition, rho, offset)
+
+
+class TrainState(NamedTuple):
+    """The scan carry."""
+
+    params: Params
+    opt_state: optax.OptState
+    key: jax.Array  # typed PRNG key, advanced by one split per step
+    step: jax.Array  # shape=(), int32: steps taken so far
+    diverged_at: jax.Array  # shape=(), int32: first non-finite step (1-based), 0 = never
+
+
+class StepInfo(NamedTuple):
+    """Per-step diagnostics, stacked by the inner scan."""
+
+    loss: jax.Array  # objective at the step's parameters, before the update (nan once diverged)
+    grad_norm: jax.Array  # global norm of the gradient
+
+
+class Rows(NamedTuple):
+    """One logged row per entry of :func:`logged_steps`; the parquet columns."""
+
+    loss: jax.Array
+    kl: jax.Array
+    mu_norm: jax.Array
+    mean_error: jax.Array  # ||mu - target mean||
+    sigma_mean: jax.Array
+    sigma_std: jax.Array
+    sigma_min: jax.Array
+    sigma_max: jax.Array
+    grad_norm: jax.Array
+    diverged: jax.Array  # bool: a non-finite value has occurred at or before this row's step
+
+
+def logged_steps(steps: int, log_every: int) -> np.ndarray:
+    """The notebook's logged steps: t = 1 and every multiple of ``log_every`` up to ``steps``."""
+    multiples = np.arange(log_every, steps + 1, log_every)
+    return np.unique(np.concatenate([[1], multiples])).astype(np.int64)
+
+
+def _segments(steps: int, log_every: int) -> tuple[list[tuple[int, int]], int]:
+    """Run-length encode the gaps between logged steps: ([(gap, count), ...], tail)."""
+    logged = logged_steps(steps, log_every)
+    gaps = np.diff(np.concatenate([[0], logged]))
+    runs: list[tuple[int, int]] = []
+    for gap in gaps.tolist():
+        if runs and runs[-1][0] == gap:
+            runs[-1] = (gap, runs[-1][1] + 1)
+        else:
+            runs.append((gap, 1))
+    return runs, steps - int(logged[-1])
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
+
+
+def make_train(spec: TrainSpec):
+    """Bind the static spec; return ``train(hyper) -> (TrainState, Rows)`` (pure, jit/vmap-able)."""
+    objective = make_objective(spec.objective, estimator=spec.estimator, num_mc=spec.num_mc)
+    static_opt = dict(spec.optimizer_static)
+    clip_on = static_opt.pop("clip", False)
+    segments, tail = _segments(spec.steps, spec.log_every)
+
+    def build(hyper: Hyper) -> tuple[optax.GradientTransformation, GaussianTarget]:
+        opt_hyper = dict(hyper.optimizer)
+        grad_clip = opt_hyper.pop("grad_clip", None)
+        optimizer = make_optimizer(
+            spec.optimizer, hyper.lr, grad_clip=grad_clip if clip_on else None, **opt_hyper, **static_opt
+        )
+        target = make_target(spec.target, spec.d, **hyper.target)
+        return optimizer, target
+
+    def init(hyper: Hyper) -> TrainState:
+        optimizer, _ = build(hyper)
+        mu = jnp.zeros((spec.d,))
+        log_sigma = jnp.ones((spec.d,)) * hyper.init_log_sigma
+        params = Params(mu, log_sigma)
+        return TrainState(
+            params=params,
+            opt_state=optimizer.init(params),
+            key=jax.random.key(hyper.seed),
+            step=jnp.zeros((), jnp.int32),
+            diverged_at=jnp.zeros((), jnp.int32),
+        )
+
+    def train(hyper: Hyper) -> tuple[TrainState, Rows]:
+        optimizer, target = build(hyper)
+
+        def step(state: TrainState, _) -> tuple[TrainState, StepInfo]:
+            key, subkey = jax.random.split(state.key)
+            loss, grads = jax.value_and_grad(objective)(state.params, subkey, target)
+            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+            params = optax.apply_updates(state.params, updates)
+            t = state.step + 1
+            finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+            alive = state.diverged_at == 0
+            apply = alive & finite
+            keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(apply, n, o), new, old)  # noqa: E731
+            new_state = TrainState(
+                params=keep(params, state.params),
+                opt_state=keep(opt_state, state.opt_state),
+                key=key,
+                step=t,
+                diverged_at=jnp.where(alive & ~finite, t, state.diverged_at),
+            )
+            info = StepInfo(loss=jnp.where(alive, loss, jnp.nan), grad_norm=_global_norm(grads))
+            return new_state, info
+
+        def row(state: TrainState, info: StepInfo) -> Rows:
+            mu, log_sigma = state.params
+            sigma = jnp.exp(log_sigma)
+            return Rows(
+                loss=info.loss,
+                kl=target.kl(mu, log_sigma),
+                mu_norm=jnp.linalg.norm(mu),
+                mean_error=jnp.linalg.norm(mu - target.mean),
+                sigma_mean=jnp.mean(sigma),
+                sigma_std=jnp.std(sigma),
+                sigma_min=jnp.min(sigma),
+                sigma_max=jnp.max(sigma),
+                grad_norm=info.grad_norm,
+                diverged=state.diverged_at > 0,
+            )
+
+        def block(gap: int):
+            def run_block(state: TrainState, _) -> tuple[TrainState, Rows]:
+                state, infos = jax.lax.scan(step, state, None, length=gap)
+                last = jax.tree_util.tree_map(lambda x: x[-1], infos)
+                return state, row(state, last)
+
+            return run_block
+
+        state = init(hyper)
+        pieces = []
+        for gap, count in segments:
+            state, rows = jax.lax.scan(block(gap), state, None, length=count)
+            pieces.append(rows)
+        if tail:
+            state, _ = jax.lax.scan(step, state, None, length=tail)
+        rows = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
+        return state, rows
+
+    train.init = init  # type: ignore[attr-defined]
+    return train
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_train(spec: TrainSpec):
+    """``jit(make_train(spec))``: compiled once per spec, reused for every lr/seed/init."""
+    return jax.jit(make_train(spec))
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_batch_train(spec: TrainSpec):
+    """``jit(vmap(make_train(spec)))``: a batch of runs with one spec as one program."""
+    return jax.jit(jax.vmap(make_train(spec)))
+
+
+# ---------------------------------------------------------------------------------------------
+# From flat config fields (see vi_sweep.config.run_fields) to (spec, hyper)
+# ---------------------------------------------------------------------------------------------
+
+_SPEC_KEYS = ("objective", "estimator", "num_mc", "optimizer", "target", "d", "steps", "log_every")
+
+
+def split_fields(fields: Mapping[str, Any]) -> tuple[TrainSpec, dict[str, Any]]:
+    """Split a run's flat fields into the static :class:`TrainSpec` and plain traced values.
+
+    The exact objective does not depend on ``estimator`` or ``num_mc``; they are normalised away
+    so that such jobs share one compiled program.
+    """
+    optimizer_static: list[tuple[str, Any]] = []
+    optimizer_traced: dict[str, float] = {}
+    target_traced: dict[str, float] = {}
+    for key, value in sorted(fields.items()):
+        if key.startswith("optimizer_"):
+            name = key[len("optimizer_") :]
+            if name == "grad_clip":
+                optimizer_static.append(("clip", value is not None))
+                optimizer_traced["grad_clip"] = float(value) if value is not None else math.inf
+            elif isinstance(value, bool):
+                optimizer_static.append((name, value))
+            else:
+                optimizer_traced[name] = float(value)
+        elif key.startswith("target_"):
+            target_traced[key[len("target_") :]] = float(value)
+    spec_values = {key: fields[key] for key in _SPEC_KEYS}
+    if spec_values["objective"] == "exact":
+        spec_values.update(estimator="none", num_mc=0)
+    spec = TrainSpec(optimizer_static=tuple(sorted(optimizer_static)), **spec_values)
+    traced = dict(
+        lr=float(fields["lr"]),
+        seed=int(fields["seed"]),
+        init_log_sigma=float(fields["init_log_sigma"]),
+        optimizer=optimizer_traced,
+        target=target_traced,
+    )
+    return spec, traced
+
+
+def as_hyper(traced: Mapping[str, Any] | list[Mapping[str, Any]]) -> Hyper:
+    """Stack plain traced values (one dict, or a list for a batch) into a :class:`Hyper` of arrays."""
+    batch = [traced] if isinstance(traced, Mapping) else list(traced)
+
+    def stack(get, dtype):
+        return np.asarray([get(t) for t in batch], dtype=dtype)
+
+    hyper = Hyper(
+        lr=stack(lambda t: t["lr"], np.float32),
+        seed=stack(lambda t: t["seed"], np.int32),
+        init_log_sigma=stack(lambda t: t["init_log_sigma"], np.float32),
+        optimizer={k: stack(lambda t, k=k: t["optimizer"][k], np.float32) for k in batch[0]["optimizer"]},
+        target={k: stack(lambda t, k=k: t["target"][k], np.float32) for k in batch[0]["target"]},
+    )
+    if isinstance(traced, Mapping):
+        hyper = jax.tree_util.tree_map(lambda x: x[0], hyper)
+    return hyper
+
+
+def train_one(spec: TrainSpec, traced: Mapping[str, Any]) -> tuple[TrainState, dict[str, np.ndarray]]:
+    """Train one run; return the final state and its rows as numpy arrays (with ``step``)."""
+    state, rows = jitted_train(spec)(as_hyper(traced))
+    out = {"step": logged_steps(spec.steps, spec.log_every)}
+    out.update({name: np.asarray(value) for name, value in rows._asdict().items()})
+    return state, out
