@@ -89,9 +89,9 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     """Hydra task function: validate, train once (jitted, cached per shape), write parquet."""
     from hydra.core.hydra_config import HydraConfig
 
+    quiet_jax_logs()
     from vi_sweep.trainer import split_fields, train_one
 
-    quiet_jax_logs()
     try:
         fields = job_fields(cfg)
     except ConfigError as err:
@@ -100,4 +100,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     spec, traced = split_fields(fields)
     state, rows = train_one(spec, traced)
     out_dir = HydraConfig.get().runtime.output_dir
-    return finish_job(out_dir, cfg, fields, job_scenario(cfg), rows, int(state.diverged_at))
+    try:
+        return finish_job(out_dir, cfg, fields, job_scenario(cfg), rows, int(state.diverged_at))
+    except OSError as err:  # disk full, permissions: the atomic writer left nothing behind
+        print(f"vi_sweep: error: cannot write {out_dir}/metrics.parquet: {err.strerror or err}", file=sys.stderr)
+        sys.exit(1)
