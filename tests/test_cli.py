@@ -95,16 +95,26 @@ BAD_INPUT = [
 ]
 
 
+@pytest.mark.parametrize("mode", ["run", "multirun"])
 @pytest.mark.parametrize("override,field", BAD_INPUT)
-def test_bad_input_is_one_line_naming_the_field(override, field, tmp_path, capsys):
+def test_bad_input_is_one_line_naming_the_field(mode, override, field, tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(["run", override, f"hydra.run.dir={out}"])
+    dir_key = "hydra.run.dir" if mode == "run" else "hydra.sweep.dir"
+    code = main([mode, override, f"{dir_key}={out}"])
     captured = capsys.readouterr()
     assert code != 0
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"vi_sweep: error: {field}=")
     assert "allowed" in lines[0] or "must be" in lines[0] or "choose one of" in lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("sweep", ["lr=0.1,-0.1", "num_mc=1,0", "seed=range(-1,2)", "optimizer=adam,nope", "steps=10,0"])
+def test_one_bad_value_anywhere_in_a_sweep_rejects_it_before_any_job(sweep, tmp_path, capsys):
+    code = main(["multirun", sweep, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_one_bad_value_in_a_sweep_list_rejects_the_whole_sweep(cli, tmp_path):
