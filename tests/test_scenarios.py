@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
+from vi_sweep.__main__ import main, precheck
 from vi_sweep.config import CONF_DIR, group_options
 from vi_sweep.results import read_fields
 from vi_sweep.trainer import split_fields, train_one
@@ -104,3 +105,33 @@ def test_optimizer_and_target_sweeps_give_parquets_that_concatenate_by_column(cl
     assert (frame.loc[frame["optimizer"] == "adam", "optimizer_b1"] == 0.9).all()
     assert (frame.loc[frame["target"] == "correlated", "target_rho"] == 0.9).all()
     assert frame.loc[frame["target"] == "standard_normal", "target_rho"].isna().all()
+
+
+KEY_OF_ANOTHER_OPTION = [  # (overrides, the one-line error)
+    (["optimizer=sgd", "optimizer.b1=0.5"], "optimizer.b1 is not a key of optimizer=sgd; its keys are name, grad_clip"),
+    (["optimizer=adam,momentum", "optimizer.b1=0.5"], "optimizer.b1 is not a key of optimizer=momentum;"),
+    (["target.rho=0.5"], "target.rho is not a key of target=standard_normal; its keys are name"),
+    (["scenario=correlated,far_mean", "target.rho=0.5"], "target.rho is not a key of target=shifted; its keys are name, offset"),
+    (["target=glob(*)", "target.offset=1"], "target.offset is not a key of target=correlated;"),
+    (["objective.num_mc=4"], "objective.num_mc is not a key of objective=mc; its keys are name, estimator"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", KEY_OF_ANOTHER_OPTION)
+def test_a_key_of_an_option_that_is_not_chosen_is_a_one_line_error(overrides, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["multirun", *overrides, f"hydra.sweep.dir={out}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"vi_sweep: error: {message}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["scenario=correlated", "target.rho=0.5"],  # the scenario chooses the target
+    ["target=correlated", "target.rho=0.5,0.7"],
+    ["target=glob(corr*)", "target.rho=0.5"],
+    ["optimizer=adam,adamw", "optimizer.b1=0.5"],
+    ["optimizer=momentum", "optimizer.nesterov=true", "optimizer.grad_clip=1.0"],
+])
+def test_keys_of_the_chosen_options_pass_the_precheck(overrides):
+    precheck(overrides)
