@@ -158,3 +158,28 @@ def test_reparam_gradient_variance_at_the_optimum_is_1_over_M_and_2_over_M(num_m
         estimate = squares.mean()
         stderr = squares.std() / np.sqrt(squares.size)
         assert abs(estimate - expected) <= Z * stderr, (estimate, expected, stderr)
+
+
+@pytest.mark.parametrize("num_mc", [1, 5])
+def test_per_draw_gradients_match_the_closed_forms_for_the_standard_normal(num_mc):
+    """LITERATURE.md, "Theory": with eps_bar = mean(eps), m2 = mean(eps^2) over the M draws,
+    reparam: g_mu = mu + sigma eps_bar,            g_s = sigma mu eps_bar + sigma^2 m2 - 1;
+    STL:     g_mu = mu + (sigma - 1/sigma) eps_bar, g_s = sigma mu eps_bar + (sigma^2 - 1) m2."""
+    d = 6
+    target = make_target("standard_normal", d)
+    mu = np.linspace(-1.0, 1.5, d)
+    log_sigma = np.linspace(-0.8, 0.6, d)
+    sigma = np.exp(log_sigma)
+    params = Params(jnp.asarray(mu, jnp.float32), jnp.asarray(log_sigma, jnp.float32))
+    for seed in range(3):
+        key = jax.random.key(seed)
+        eps = np.asarray(jax.random.normal(key, (num_mc, d)), np.float64)  # the draws the objective makes
+        eps_bar, m2 = eps.mean(axis=0), (eps**2).mean(axis=0)
+        expected = {
+            "reparam": (mu + sigma * eps_bar, sigma * mu * eps_bar + sigma**2 * m2 - 1.0),
+            "stl": (mu + (sigma - 1.0 / sigma) * eps_bar, sigma * mu * eps_bar + (sigma**2 - 1.0) * m2),
+        }
+        for name, (g_mu, g_s) in expected.items():
+            grads = jax.grad(mc_objective(name, num_mc))(params, key, target)
+            np.testing.assert_allclose(np.asarray(grads.mu), g_mu, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(np.asarray(grads.log_sigma), g_s, rtol=1e-5, atol=1e-5)
