@@ -14,19 +14,24 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from vi_sweep.config import CONF_DIR, RULES, ConfigError, check_value
+from vi_sweep.config import CONF_DIR, GROUPS, RULES, SCHEMAS, ConfigError, check_group_field, check_value, defaults_choices, group_options
 
 COMMANDS = ("run", "multirun", "report")
 
 
 def _override_values(override) -> list:
-    """All values an override stands for (one, or each element of a sweep)."""
+    """All values an override stands for (one, or each element of a sweep; a group's glob is expanded)."""
+    from hydra.core.override_parser.types import Glob
+
+    value = override.value()
+    if isinstance(value, Glob) and override.key_or_group in GROUPS:
+        return value.filter(group_options(override.key_or_group))
     if override.is_sweep_override():
         try:
             return list(override.sweep_iterator())
-        except Exception:  # glob() and interval() do not enumerate: leave them to Hydra
+        except Exception:  # interval() and a glob on a plain key do not enumerate: leave them to Hydra
             return []
-    return [override.value()]
+    return [value]
 
 
 def precheck(overrides: Sequence[str]) -> None:
@@ -38,16 +43,33 @@ def precheck(overrides: Sequence[str]) -> None:
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except HydraException:
         return  # Hydra reports its own grammar errors
+    chosen: dict[str, list] = {}
     for override in parsed:
         if override.is_delete():
             continue
         key = override.key_or_group
         if key.startswith("hydra"):
             continue
-        if key not in RULES and key not in ("objective", "optimizer", "target", "scenario", "grid"):
+        if key not in RULES and key not in GROUPS:
             continue
-        for value in _override_values(override):
+        values = _override_values(override)
+        for value in values:
             check_value(key, value)
+        if key in GROUPS:
+            chosen[key] = values
+    for override in parsed:
+        group, _, field = override.key_or_group.partition(".")
+        if field and group in SCHEMAS and not override.is_delete():
+            check_group_field(group, _group_options_in_effect(group, chosen), field)
+
+
+def _group_options_in_effect(group: str, chosen: dict[str, list]) -> list:
+    """The options of ``group`` the jobs may use: the command line's, else each scenario's, else the default."""
+    if group in chosen:  # empty when Hydra cannot enumerate it: then Hydra does the check
+        return chosen[group]
+    defaults = defaults_choices(CONF_DIR / "config.yaml")
+    scenarios = chosen.get("scenario") or [defaults.get("scenario", "none")]
+    return [defaults_choices(CONF_DIR / "scenario" / f"{name}.yaml").get(group, defaults.get(group)) for name in scenarios]
 
 
 def _hydra_main() -> None:

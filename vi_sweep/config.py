@@ -22,9 +22,9 @@ This module must stay importable without JAX: Hydra plugins and the CLI's pre-ch
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -286,6 +286,35 @@ GROUPS = ("objective", "optimizer", "target", "scenario", "grid")
 def group_options(group: str) -> list[str]:
     """The options of a config group: the yaml files in ``conf/<group>/``."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def defaults_choices(path: Path) -> dict[str, str]:
+    """The group options a yaml file's defaults list selects (``optimizer: adam``, ``override /target: x``)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    choices: dict[str, str] = {}
+    for entry in OmegaConf.load(path).get("defaults") or []:
+        if isinstance(entry, DictConfig):
+            for key, value in entry.items():
+                choices[str(key).removeprefix("override ").lstrip("/")] = str(value)
+    return choices
+
+
+def group_fields(group: str, option: str) -> list[str]:
+    """The keys of ``group=option`` (its schema's dataclass fields), e.g. ``optimizer=sgd`` -> name, grad_clip."""
+    return [f.name for f in fields(SCHEMAS[group][option])]
+
+
+def check_group_field(group: str, options: Sequence[str], field: str) -> None:
+    """Raise :class:`ConfigError` if ``group.field`` is not a key of every option it may apply to.
+
+    Hydra reports this (``optimizer=sgd optimizer.b1=0.5``) as a multi-line error; this gives
+    the one line that names the key, the option and the keys it has.
+    """
+    for option in options:
+        known = group_fields(group, option) if option in SCHEMAS.get(group, {}) else None
+        if known is not None and field not in known:
+            raise ConfigError(f"{group}.{field} is not a key of {group}={option}; its keys are {', '.join(known)}")
 
 
 def check_value(key: str, value: Any) -> None:

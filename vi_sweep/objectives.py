@@ -13,11 +13,16 @@ branched on inside jitted code.
 
   ``reparam`` (default, the notebook's)
       :math:`\log q(z) = -\tfrac12\|\varepsilon\|^2 - \sum s - \tfrac d2\log 2\pi`: the entropy
-      enters in closed form, the path derivative flows through :math:`z`.
+      enters in closed form, the path derivative flows through :math:`z`. On
+      :math:`p = \mathcal N(0, I)`, with :math:`\bar\varepsilon, m_2` the sample means of
+      :math:`\varepsilon, \varepsilon^2`: :math:`g_\mu = \mu + \sigma\bar\varepsilon`,
+      :math:`g_s = \sigma\mu\bar\varepsilon + \sigma^2 m_2 - 1` (variance 1/M and 2/M at the optimum).
   ``stl`` -- "sticking the landing" (Roeder, Wu & Duvenaud, 2017)
       :math:`\log q(z)` evaluated at :math:`z` with ``stop_gradient`` on :math:`(\mu, s)`: the
       score term :math:`\nabla_\phi \log q_\phi(z)|_z` (zero-mean) is dropped, so the gradient
-      variance vanishes when q = p.
+      variance vanishes when q = p. On :math:`\mathcal N(0, I)`:
+      :math:`g_\mu = \mu + (\sigma - 1/\sigma)\bar\varepsilon`,
+      :math:`g_s = \sigma\mu\bar\varepsilon + (\sigma^2 - 1) m_2`, both exactly 0 at the optimum.
   ``score`` -- score function / REINFORCE (Williams, 1992; Ranganath et al., 2014)
       :math:`\hat g = \frac1M\sum_m (f_m - b_m)\nabla_\phi\log q_\phi(z_m)` with
       :math:`f_m = \log q(z_m) - \log p(z_m)` and the leave-one-out baseline

@@ -1,0 +1,1 @@
+"""Analysis of vi_sweep results: pure numpy/pandas/matplotlib, never Hydra."""
