@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 
@@ -30,16 +29,14 @@ def test_an_unwritable_sweep_dir_is_one_line_and_exit_2(cli, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def _limit_file_size():
-    # RLIMIT_FSIZE stands in for a full disk: writes past 16 KiB fail with EFBIG (Python ignores SIGXFSZ).
-    resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, 16 * 1024))
-
-
 def test_a_full_disk_leaves_no_partial_parquet_and_says_so(tmp_path):
     out = tmp_path / "run"
+    # `ulimit -f` (RLIMIT_FSIZE, in KiB) stands in for a full disk: writes past 16 KiB fail with
+    # EFBIG (Python ignores SIGXFSZ). A shell sets it so that no fork happens in this JAX process.
+    command = 'ulimit -f 16 && exec "$0" -m vi_sweep "$@"'
     result = subprocess.run(
-        [sys.executable, "-m", "vi_sweep", "run", "steps=2000", "log_every=1", "d=2", f"hydra.run.dir={out}"],
-        cwd=REPO, capture_output=True, text=True, preexec_fn=_limit_file_size, timeout=300,
+        ["bash", "-c", command, sys.executable, "run", "steps=2000", "log_every=1", "d=2", f"hydra.run.dir={out}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
         env={k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"},
     )
     assert result.returncode == 1

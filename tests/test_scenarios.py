@@ -135,3 +135,17 @@ def test_a_key_of_an_option_that_is_not_chosen_is_a_one_line_error(overrides, me
 ])
 def test_keys_of_the_chosen_options_pass_the_precheck(overrides):
     precheck(overrides)
+
+
+def test_seed_stress_multirun_sweeps_seeds_and_keeps_its_lr_and_num_mc(cli):
+    result = cli("multirun", "scenario=seed_stress", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr
+    params = result.stdout.split("params:", 1)[1].split("hydra_logging:", 1)[0]
+    assert "seed: range(0,3)" in params
+    assert "lr:" not in params and "num_mc:" not in params
+
+
+def test_the_default_grid_still_applies_to_other_scenarios(cli):
+    result = cli("multirun", "scenario=tiny_init", "--cfg", "hydra")
+    params = result.stdout.split("params:", 1)[1].split("hydra_logging:", 1)[0]
+    assert "lr: 1e-4,1e-2,5e-2,2e-1,1.0,10.0" in params and "num_mc: 1,32" in params

@@ -17,6 +17,7 @@ from typing import Sequence
 from vi_sweep.config import CONF_DIR, GROUPS, RULES, SCHEMAS, ConfigError, check_group_field, check_value, defaults_choices, group_options
 
 COMMANDS = ("run", "multirun", "report")
+_INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 
 
 def _override_values(override) -> list:
@@ -90,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     elif args and args[0] == "multirun":
         args = ["--multirun", *args[1:]]
+    if "--multirun" in args and any(flag in args for flag in _INSPECT_FLAGS):
+        # Hydra refuses --multirun together with --cfg/--info; the config shown is the same.
+        args = [a for a in args if a != "--multirun"]
 
     from hydra._internal.utils import get_args_parser
 
