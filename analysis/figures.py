@@ -98,7 +98,7 @@ def save_figure(fig: Figure, stem: str | Path, *, producer: str = "vi_sweep") ->
     # root logger shows INFO: that would be hundreds of lines per report.
     logging.getLogger("fontTools").setLevel(logging.WARNING)
     stem = Path(stem)
-    png, pdf = stem.with_suffix(".png"), stem.with_suffix(".pdf")
+    png, pdf = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".pdf")  # stems may hold dots (lr=0.05)
     with paper_style():
         fig.savefig(png, dpi=PNG_DPI, metadata={"Software": None})
         fig.savefig(pdf, metadata={"CreationDate": None, "ModDate": None, "Producer": producer, "Creator": producer})
@@ -362,8 +362,9 @@ def sigma_statistics(runs: pd.DataFrame, *, facet: Mapping[str, Any] | None = No
             for ax, column in ((left, "tail_sigma_mean"), (right, "tail_sigma_min")):
                 stats = group.groupby("lr")[column].agg(["median", "min", "max"]).sort_index()
                 lrs = stats.index.to_numpy(float)
-                low = np.maximum(stats["median"] - stats["min"], 0)
-                high = np.maximum(stats["max"] - stats["median"], 0)
+                with np.errstate(invalid="ignore"):  # all-NaN cells (every run non-finite) draw no bar
+                    low = np.nan_to_num(np.maximum(stats["median"] - stats["min"], 0), nan=0.0, posinf=0.0)
+                    high = np.nan_to_num(np.maximum(stats["max"] - stats["median"], 0), nan=0.0, posinf=0.0)
                 ax.errorbar(lrs, stats["median"], yerr=[low, high], color=colour, marker=marker, capsize=1.5, elinewidth=0.6, label=f"num_mc={num_mc}")
         threshold = float(runs["collapse_threshold"].min())
         right.axhline(threshold, color=OUTCOME_COLOURS["collapsed"], linestyle="--", linewidth=0.8, label="collapse threshold")

@@ -23,12 +23,22 @@ ALWAYS_KEYS = ("lr", "num_mc")  # the phase map's axes: kept as columns even whe
 
 
 def cell_keys(runs: pd.DataFrame) -> list[str]:
-    """The config columns that vary across ``runs`` (the swept keys), minus ``seed``, plus lr and num_mc."""
+    """The swept config columns of ``runs`` minus ``seed``, plus lr and num_mc (the phase map's axes).
+
+    A hyperparameter column (``optimizer_*``, ``target_*``) counts as swept only if it varies for
+    one optimizer (target): in a sweep over ``optimizer=adam,sgd`` the column ``optimizer_b1`` is
+    0.9 for Adam and empty for SGD, which the ``optimizer`` column already says.
+    """
     keys = []
     for column in config_columns(runs):
         if column == "seed":
             continue
-        if column in ALWAYS_KEYS or runs[column].nunique(dropna=False) > 1:
+        group = column.split("_", 1)[0] if column.startswith(("optimizer_", "target_")) else None
+        if group is not None and group in runs.columns:
+            swept = runs.groupby(group, dropna=False)[column].nunique(dropna=False).max() > 1
+        else:
+            swept = runs[column].nunique(dropna=False) > 1
+        if column in ALWAYS_KEYS or swept:
             keys.append(column)
     return keys
 
@@ -54,7 +64,9 @@ def bootstrap_median_interval(
         return float("nan"), float("nan")
     draws = values[rng.integers(0, len(values), size=(n_boot, len(values)))]
     medians = np.median(draws, axis=1)
-    low, high = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2])
+    # inverted_cdf picks resampled medians themselves (no interpolation), so an infinite excess
+    # (a KL that overflowed) gives an infinite bound instead of inf - inf = NaN.
+    low, high = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return float(low), float(high)
 
 

@@ -360,6 +360,10 @@ def test_bootstrap_interval_of_the_median_has_the_exact_answer_for_three_values(
     assert (low, high) == (1.0, 3.0)
     low, high = bootstrap_median_interval(np.array([5.0] * 4 + [np.nan]), rng=np.random.default_rng(0))
     assert (low, high) == (5.0, 5.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflowed KL (inf) must not turn the bounds into NaN
+        low, high = bootstrap_median_interval(np.array([1.0, np.inf, np.inf]), rng=np.random.default_rng(0))
+    assert (low, high) == (1.0, np.inf)
 
 
 def test_phase_table_is_deterministic_and_a_cells_interval_ignores_other_cells():
@@ -378,3 +382,18 @@ def test_classify_emits_no_runtime_warnings_on_a_fully_non_finite_run():
         warnings.simplefilter("error")
         runs = classify(sweep, references)
     assert runs["outcome"].iloc[0] == "diverged"
+
+
+def test_cell_keys_ignore_hyperparameters_implied_by_the_optimizer():
+    runs = pd.DataFrame(
+        {
+            "objective": "mc",
+            "optimizer": ["adam", "adam", "sgd", "sgd", "adam", "adam"],
+            "optimizer_b1": [0.9, 0.9, np.nan, np.nan, 0.9, 0.9],  # adam's only: not a swept key
+            "optimizer_grad_clip": [None, None, None, None, 1.0, 1.0],  # swept within adam
+            "lr": 0.1,
+            "num_mc": 1,
+            "seed": [0, 1, 0, 1, 0, 1],
+        }
+    )
+    assert cell_keys(runs) == ["optimizer", "optimizer_grad_clip", "lr", "num_mc"]

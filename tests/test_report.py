@@ -179,3 +179,17 @@ def test_example_notebook_rebuilds_the_phase_map(tiny_sweep, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the phase map was drawn
     assert any("frac_converged" in o.get("data", {}).get("text/plain", "") for o in outputs)  # the phase table
+
+
+def test_save_figure_keeps_dots_in_facet_names_and_writes_reproducible_bytes(tmp_path):
+    from matplotlib.figure import Figure
+
+    from analysis.figures import save_figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    written = save_figure(fig, tmp_path / "phase_map__lr=0.05,target_rho=0.9")
+    assert [p.name for p in written] == ["phase_map__lr=0.05,target_rho=0.9.png", "phase_map__lr=0.05,target_rho=0.9.pdf"]
+    first = digests(tmp_path)
+    save_figure(fig, tmp_path / "phase_map__lr=0.05,target_rho=0.9")
+    assert digests(tmp_path) == first
