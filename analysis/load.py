@@ -36,7 +36,7 @@ from vi_sweep.results import METRIC_COLUMNS, METRICS_FILE
 # The order config columns appear in; optimizer_* / target_* hyperparameters follow their group.
 CONFIG_ORDER = ("objective", "estimator", "optimizer", "target", "lr", "num_mc", "seed", "d", "steps", "init_log_sigma", "log_every", "scenario")
 SCALAR_COLUMNS = ("scenario", "status", "diverged_at")  # constant per file, read from its first row
-READ_THREADS = 4
+READ_THREADS = min(8, os.cpu_count() or 2)  # pyarrow decodes without the GIL; more threads than cores only queue
 
 
 class SweepError(Exception):
@@ -179,8 +179,12 @@ def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep
         except UnreadableMetrics as err:
             return str(err)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        results = list(pool.map(attempt, files))
+    # One contiguous block of files per thread: a future per file costs more than reading it.
+    workers = max(1, min(threads, len(files)))
+    size = -(-len(files) // workers) if files else 1
+    blocks = [files[i : i + size] for i in range(0, len(files), size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = [result for block in pool.map(lambda block: [attempt(f) for f in block], blocks) for result in block]
     names, jobs, skipped = [], [], []
     for file, result in zip(files, results):
         relative = file.relative_to(sweep_dir).as_posix()
