@@ -34,9 +34,10 @@ from typing import Any, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from analysis.load import Job, Sweep, UnreadableMetrics, read_job, trajectories_frame
-from vi_sweep.results import METRICS_FILE
+from vi_sweep.results import METRIC_COLUMNS, METRICS_FILE
 
 BASELINE_DIR = "baselines"
 BASELINE_IGNORES = ("objective", "estimator", "num_mc", "seed")
@@ -126,8 +127,6 @@ def _read_cache(path: Path, fields: Mapping[str, Any]) -> Job | None:
 
 
 def _metrics_only(job: Job) -> Job:
-    from vi_sweep.results import METRIC_COLUMNS
-
     return job._replace(metrics=job.metrics.select(list(METRIC_COLUMNS)))
 
 
@@ -145,8 +144,9 @@ def exact_baselines(sweep: Sweep, *, cache: bool = True) -> References:
 
     jobs: dict[str, Job] = {}
     sources: dict[str, str] = {}
+    rows_of_run = sweep.trajectories.groupby("run").indices if in_sweep else {}
     for key, run in in_sweep.items():
-        rows = sweep.trajectories[sweep.trajectories["run"] == run]
+        rows = sweep.trajectories.iloc[rows_of_run[run]]
         jobs[key] = _job_from_frame(baseline_fields(fields_list[run]), sweep.runs.iloc[run], rows)
         sources[key] = "sweep"
 
@@ -185,10 +185,6 @@ def exact_baselines(sweep: Sweep, *, cache: bool = True) -> References:
 
 
 def _job_from_frame(fields: dict[str, Any], run_row: pd.Series, rows: pd.DataFrame) -> Job:
-    import pyarrow as pa
-
-    from vi_sweep.results import METRIC_COLUMNS
-
     table = pa.Table.from_pandas(rows[list(METRIC_COLUMNS)], preserve_index=False)
     return Job(fields, str(run_row["scenario"]), str(run_row["status"]), int(run_row["diverged_at"]), table)
 
