@@ -1,7 +1,8 @@
-"""Hydra callbacks. Picklable (submitit ships them to workers), light at import (no JAX)."""
+"""Hydra callbacks. Picklable (submitit ships them to workers), light at import (no JAX, no matplotlib)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,40 @@ from vi_sweep.results import METRICS_FILE
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun, say where the sweep was written and how many jobs it holds.
+    """At the end of a multirun, say where the sweep was written, then write its report.
 
-    ``on_multirun_end`` receives no job results, so it scans ``hydra.sweep.dir``.
+    ``on_multirun_end`` receives no job results, so it scans ``hydra.sweep.dir``. The report
+    (``python -m vi_sweep report``, :mod:`analysis.report`) is imported only here, so a Hydra
+    start never pays for pandas/matplotlib. Turn it off with
+    ``hydra.callbacks.sweep_summary.report=false``.
     """
+
+    def __init__(self, report: bool = True) -> None:
+        self.report = report
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         jobs = len(list(sweep_dir.glob(f"*/{METRICS_FILE}")))
         print(f"vi_sweep: {jobs} runs written to {sweep_dir}", flush=True)
+        if self.report and jobs:
+            write_sweep_report(sweep_dir)
+
+
+def write_sweep_report(sweep_dir: Path) -> int:
+    """Write ``sweep_dir/report/`` and print its path; any failure is one line and leaves the runs alone.
+
+    Returns the report command's exit code (0 on success).
+    """
+    try:
+        from analysis.report import main as report_main
+
+        return report_main([str(sweep_dir)])
+    except Exception as err:  # noqa: BLE001 - the sweep's results are on disk; a report bug must not hide them
+        reason = (str(err).strip().splitlines() or [""])[0]
+        print(
+            f"vi_sweep: warning: report not written ({type(err).__name__}: {reason}); "
+            f"rerun it with: python -m vi_sweep report {sweep_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1

@@ -1,0 +1,222 @@
+"""What every run is compared to: its exact-KL twin and its target's constants (the JAX side).
+
+The **exact baseline** of a run is the ``objective=exact`` run with the same optimizer (and
+optimizer hyperparameters), lr, init_log_sigma, d, steps, log_every and target (and target
+hyperparameters). The exact objective ignores ``estimator``, ``num_mc`` and the seed, so one
+baseline serves every estimator, sample size and seed of a cell (:data:`BASELINE_IGNORES`).
+
+Where a baseline comes from, in order:
+
+1. the sweep itself, if it contains an exact run with that key (``source = "sweep"``);
+2. the cache ``<sweep_dir>/baselines/<hash>/metrics.parquet``, if its recorded fields match;
+3. otherwise it is trained with the same trainer (``vi_sweep.trainer.jitted_batch_train``: all
+   missing baselines with one compiled shape run as one vmapped program; deterministic, since
+   the exact objective draws no random numbers) and written to the cache atomically
+   (``vi_sweep.results.write_metrics``). Cases 2 and 3 have ``source = "computed"``: the report
+   does not depend on whether the cache was warm, so a rerun writes identical files.
+
+The per-target constants used by the classifier are closed forms of
+:class:`vi_sweep.targets.GaussianTarget`: the KL at initialisation (``mu = 0``,
+``log_sigma = init_log_sigma``), the mean-field floor ``kl_floor`` (0 for diagonal targets) and
+the target's smallest marginal standard deviation (the scale of "variance collapse").
+
+JAX is imported inside the functions that need it, so ``import analysis`` stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from analysis.load import Job, Sweep, UnreadableMetrics, read_job, trajectories_frame
+from vi_sweep.results import METRIC_COLUMNS, METRICS_FILE
+
+BASELINE_DIR = "baselines"
+BASELINE_IGNORES = ("objective", "estimator", "num_mc", "seed")
+BATCH = 512  # baselines per vmapped call: bounds memory on very large sweeps
+
+
+class BaselineCacheWarning(UserWarning):
+    """Computed baselines could not be cached (e.g. a read-only sweep directory); results are unaffected."""
+
+
+class References(NamedTuple):
+    """Per-run references and the baseline trajectories.
+
+    ``per_run`` is indexed by run id with ``baseline`` (id into ``baselines``), ``init_kl``,
+    ``kl_floor`` and ``smallest_target_std``. ``baselines`` has one row per distinct baseline
+    (``baseline``, ``source``, ``status``, ``diverged_at``, ``n_logged``, its config columns);
+    ``trajectories`` is their long table keyed by ``run`` = baseline id.
+    """
+
+    per_run: pd.DataFrame
+    baselines: pd.DataFrame
+    trajectories: pd.DataFrame
+
+
+def baseline_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat fields of a run's exact twin: its own fields with the ignored ones neutralised.
+
+    ``estimator="none"``, ``num_mc=0``, ``seed=0`` say honestly that the exact objective has no
+    estimator, draws nothing and uses no randomness (``vi_sweep.trainer.split_fields`` accepts
+    them: it normalises these fields away for ``objective=exact``).
+    """
+    twin = {key: value for key, value in fields.items() if key not in BASELINE_IGNORES}
+    twin.update(objective="exact", estimator="none", num_mc=0, seed=0)
+    return twin
+
+
+def baseline_key(fields: Mapping[str, Any]) -> str:
+    """A canonical string for "same baseline": JSON of the fields that matter, sorted."""
+    return json.dumps(baseline_fields(fields), sort_keys=True)
+
+
+def cache_file(sweep_dir: Path, key: str) -> Path:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return sweep_dir / BASELINE_DIR / digest / METRICS_FILE
+
+
+def _train(fields_list: list[dict[str, Any]]) -> list[Job]:
+    """Train exact runs with the sweep's trainer, one vmapped call per compiled shape."""
+    from vi_sweep.results import metrics_table
+    from vi_sweep.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields
+
+    jobs: list[Job | None] = [None] * len(fields_list)
+    groups: dict[Any, list[int]] = defaultdict(list)
+    split = [split_fields(fields) for fields in fields_list]
+    for i, (spec, _) in enumerate(split):
+        groups[spec].append(i)
+    for spec, members in groups.items():
+        steps = logged_steps(spec.steps, spec.log_every)
+        for start in range(0, len(members), BATCH):
+            chunk = members[start : start + BATCH]
+            state, rows = jitted_batch_train(spec)(as_hyper([split[i][1] for i in chunk]))
+            columns = {name: np.asarray(value) for name, value in rows._asdict().items()}
+            diverged_at = np.asarray(state.diverged_at)
+            for j, i in enumerate(chunk):
+                one = {"step": steps, **{name: value[j] for name, value in columns.items()}}
+                table = metrics_table(one, fields_list[i], int(diverged_at[j]), "baseline")
+                jobs[i] = Job(fields_list[i], "baseline", "diverged" if diverged_at[j] else "ok", int(diverged_at[j]), table)
+    return jobs  # type: ignore[return-value]
+
+
+def _write_cache(path: Path, job: Job) -> None:
+    from vi_sweep.results import write_metrics
+
+    write_metrics(path.parent, job.metrics, resolved_config=job.fields, fields=job.fields)
+
+
+def _read_cache(path: Path, fields: Mapping[str, Any]) -> Job | None:
+    if not path.exists():
+        return None
+    try:
+        job = read_job(path)
+    except UnreadableMetrics:
+        return None  # a damaged cache entry is recomputed and overwritten
+    if json.dumps(job.fields, sort_keys=True) != json.dumps(dict(fields), sort_keys=True):
+        return None
+    return job
+
+
+def _metrics_only(job: Job) -> Job:
+    return job._replace(metrics=job.metrics.select(list(METRIC_COLUMNS)))
+
+
+def exact_baselines(sweep: Sweep, *, cache: bool = True) -> References:
+    """Find, load or compute the exact baseline of every run of ``sweep``; add target constants."""
+    fields_list = list(sweep.fields)
+    keys = [baseline_key(fields) for fields in fields_list]
+    distinct = sorted(set(keys))
+    index = {key: i for i, key in enumerate(distinct)}
+
+    in_sweep: dict[str, int] = {}
+    for run, (fields, key) in enumerate(zip(fields_list, keys)):
+        if fields.get("objective") == "exact" and key not in in_sweep:
+            in_sweep[key] = run
+
+    jobs: dict[str, Job] = {}
+    sources: dict[str, str] = {}
+    rows_of_run = sweep.trajectories.groupby("run").indices if in_sweep else {}
+    for key, run in in_sweep.items():
+        rows = sweep.trajectories.iloc[rows_of_run[run]]
+        jobs[key] = _job_from_frame(baseline_fields(fields_list[run]), sweep.runs.iloc[run], rows)
+        sources[key] = "sweep"
+
+    to_train: list[str] = []
+    for key in distinct:
+        if key in jobs:
+            continue
+        sources[key] = "computed"
+        cached = _read_cache(cache_file(sweep.path, key), json.loads(key)) if cache else None
+        if cached is not None:
+            jobs[key] = _metrics_only(cached)
+        else:
+            to_train.append(key)
+    if to_train:
+        trained = _train([json.loads(key) for key in to_train])
+        for key, job in zip(to_train, trained):
+            if cache:
+                _try_cache(cache_file(sweep.path, key), job)
+            jobs[key] = _metrics_only(job)
+
+    ordered = [jobs[key] for key in distinct]
+    baselines = pd.DataFrame(
+        {
+            "baseline": np.arange(len(distinct)),
+            "source": [sources[key] for key in distinct],
+            "status": [job.status for job in ordered],
+            "diverged_at": [job.diverged_at for job in ordered],
+            "n_logged": [job.metrics.num_rows for job in ordered],
+            "key": distinct,
+        }
+    )
+    per_run = target_constants(fields_list)
+    per_run.insert(0, "baseline", [index[key] for key in keys])
+    per_run.index = pd.Index(sweep.runs["run"].to_numpy(), name="run")
+    return References(per_run, baselines, trajectories_frame(ordered))
+
+
+def _job_from_frame(fields: dict[str, Any], run_row: pd.Series, rows: pd.DataFrame) -> Job:
+    table = pa.Table.from_pandas(rows[list(METRIC_COLUMNS)], preserve_index=False)
+    return Job(fields, str(run_row["scenario"]), str(run_row["status"]), int(run_row["diverged_at"]), table)
+
+
+def _try_cache(path: Path, job: Job) -> None:
+    try:
+        _write_cache(path, job)
+    except OSError as err:
+        warnings.warn(f"could not cache an exact baseline in {path.parent}: {err}", BaselineCacheWarning, stacklevel=3)
+
+
+def target_constants(fields_list: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    r"""``init_kl``, ``kl_floor`` and ``smallest_target_std`` for each run's fields (closed forms).
+
+    ``init_kl`` is :math:`\mathrm{KL}(q_0 \| p)` at :math:`\mu = 0`, :math:`\log\sigma =`
+    ``init_log_sigma`` -- the KL *before* the first step (the first logged row is after it, and at
+    a large lr one step can already move :math:`\log\sigma` by lr). Computed once per distinct
+    (target, d, target hyperparameters, init_log_sigma).
+    """
+    import jax.numpy as jnp
+
+    from vi_sweep.targets import make_target
+
+    cache: dict[str, tuple[float, float, float]] = {}
+    rows = []
+    for fields in fields_list:
+        params = {k[len("target_") :]: float(v) for k, v in fields.items() if k.startswith("target_")}
+        key = json.dumps([fields["target"], fields["d"], params, fields["init_log_sigma"]], sort_keys=True)
+        if key not in cache:
+            target = make_target(fields["target"], int(fields["d"]), **params)
+            d = int(fields["d"])
+            init = target.kl(jnp.zeros((d,)), jnp.full((d,), float(fields["init_log_sigma"])))
+            cache[key] = (float(init), float(target.kl_floor()), float(target.min_std()))
+        rows.append(cache[key])
+    return pd.DataFrame(rows, columns=["init_kl", "kl_floor", "smallest_target_std"], dtype=float)

@@ -1,0 +1,241 @@
+"""Reading a sweep directory: one ``metrics.parquet`` per job, read with pyarrow, never with Hydra.
+
+A sweep directory holds ``<sweep_dir>/<job>/metrics.parquet`` (written by any launcher through
+:func:`vi_sweep.results.write_metrics`) plus Hydra's bookkeeping. This module turns it into two
+pandas tables:
+
+- the **runs** table, one row per job: ``run`` (0-based id), ``job`` (its directory name), the
+  run's flat config (the ``vi_sweep.fields`` metadata: ``objective, estimator, optimizer,
+  optimizer_*, target, target_*, lr, num_mc, seed, d, steps, init_log_sigma, log_every``) and
+  ``scenario``, the recorded ``status``/``diverged_at``, and ``n_logged`` (rows in its file);
+- the **trajectories** table, the long form: one row per logged step per run, keyed by ``run``,
+  with the metric columns of :data:`vi_sweep.results.METRIC_COLUMNS`.
+
+Only the metric columns are decoded (the config comes from the file's metadata), and files are
+read by a small thread pool: pyarrow releases the GIL while decoding, so 10,000 files take a few
+seconds. A file that cannot be read -- truncated, corrupt, or written without the
+``vi_sweep.complete`` flag -- is skipped with one :class:`SkippedFileWarning` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vi_sweep.results import METRIC_COLUMNS, METRICS_FILE
+
+# The order config columns appear in; optimizer_* / target_* hyperparameters follow their group.
+CONFIG_ORDER = ("objective", "estimator", "optimizer", "target", "lr", "num_mc", "seed", "d", "steps", "init_log_sigma", "log_every", "scenario")
+SCALAR_COLUMNS = ("scenario", "status", "diverged_at")  # constant per file, read from its first row
+READ_THREADS = min(8, os.cpu_count() or 2)  # pyarrow decodes without the GIL; more threads than cores only queue
+
+
+class SweepError(Exception):
+    """A user-facing problem with a sweep directory as a whole (missing, empty). One line."""
+
+
+class SkippedFileWarning(UserWarning):
+    """A job's ``metrics.parquet`` could not be read and was left out of the analysis."""
+
+
+class UnreadableMetrics(Exception):
+    """Raised by :func:`read_job` with a one-line reason."""
+
+
+class Job(NamedTuple):
+    """One job's file, decoded."""
+
+    fields: dict[str, Any]  # the run's flat config (vi_sweep.config.run_fields)
+    scenario: str
+    status: str  # "ok" | "diverged"
+    diverged_at: int  # 1-based step of the first non-finite value, 0 = never
+    metrics: pa.Table  # the METRIC_COLUMNS, one row per logged step
+
+
+class Sweep(NamedTuple):
+    """A sweep as read from disk (see the module docstring for the two tables)."""
+
+    path: Path
+    runs: pd.DataFrame
+    trajectories: pd.DataFrame
+    fields: tuple[dict[str, Any], ...]  # each run's flat config as recorded (index = run id)
+    skipped: tuple[tuple[str, str], ...]  # (file relative to the sweep dir, one-line reason)
+    unfinished: tuple[str, ...]  # job directories (with a .hydra/) that have no metrics.parquet
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def read_job(path: str | os.PathLike) -> Job:
+    """Decode one ``metrics.parquet``; raise :class:`UnreadableMetrics` with a one-line reason."""
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+        metadata = schema.metadata or {}
+        if metadata.get(b"vi_sweep.complete") != b"1":
+            raise UnreadableMetrics("incomplete file (no vi_sweep.complete flag)")
+        fields = json.loads(metadata[b"vi_sweep.fields"])
+        names = set(schema.names)
+        missing = [c for c in (*METRIC_COLUMNS, *SCALAR_COLUMNS) if c not in names]
+        if missing:
+            raise UnreadableMetrics(f"missing columns {', '.join(missing)}")
+        table = parquet.read(columns=[*METRIC_COLUMNS, *SCALAR_COLUMNS], use_threads=False)
+    except UnreadableMetrics:
+        raise
+    except KeyError:
+        raise UnreadableMetrics("no vi_sweep.fields metadata") from None
+    except (OSError, ValueError, pa.ArrowException) as err:  # truncated or not parquet at all
+        raise UnreadableMetrics(_first_line(err)) from None
+    if table.num_rows == 0:
+        raise UnreadableMetrics("no rows")
+    first = {name: table.column(name)[0].as_py() for name in SCALAR_COLUMNS}
+    return Job(
+        fields=fields,
+        scenario=str(first["scenario"]),
+        status=str(first["status"]),
+        diverged_at=int(first["diverged_at"] or 0),
+        metrics=table.select(list(METRIC_COLUMNS)),
+    )
+
+
+def _job_sort_key(name: str) -> tuple[int, int, str]:
+    """Job directories in numeric order (0, 1, 2, ..., 10), then any non-numeric names."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def job_files(sweep_dir: Path) -> list[Path]:
+    """The jobs' ``metrics.parquet`` files, one directory level down, in job order."""
+    files = [p for p in sweep_dir.glob(f"*/{METRICS_FILE}") if not p.parent.name.startswith(".")]
+    return sorted(files, key=lambda p: _job_sort_key(p.parent.name))
+
+
+def _unfinished_jobs(sweep_dir: Path) -> list[str]:
+    dirs = [p.parent.name for p in sweep_dir.glob("*/.hydra") if not (p.parent / METRICS_FILE).exists()]
+    return sorted(dirs, key=_job_sort_key)
+
+
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The config columns of a runs table, in :data:`CONFIG_ORDER` (hyperparameters after their group)."""
+    present = set(frame.columns)
+    ordered: list[str] = []
+    for key in CONFIG_ORDER:
+        if key in present:
+            ordered.append(key)
+        if key in ("optimizer", "target"):
+            ordered.extend(sorted(c for c in present if c.startswith(f"{key}_")))
+    return ordered
+
+
+def _runs_frame(names: list[str], jobs: list[Job]) -> pd.DataFrame:
+    records = []
+    for run, (name, job) in enumerate(zip(names, jobs)):
+        record = {"run": run, "job": name, **job.fields, "scenario": job.scenario}
+        record.update(status=job.status, diverged_at=job.diverged_at, n_logged=job.metrics.num_rows)
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    ordered = ["run", "job", *config_columns(frame)]
+    rest = [c for c in frame.columns if c not in ordered]
+    return frame[ordered + rest]
+
+
+def trajectories_frame(jobs: list[Job]) -> pd.DataFrame:
+    """The long table of a list of jobs: ``run`` (position in the list), then the metric columns."""
+    if not jobs:
+        return pd.DataFrame({"run": pd.Series([], dtype=np.int64), **{c: [] for c in METRIC_COLUMNS}})
+    table = pa.concat_tables([job.metrics for job in jobs], promote_options="permissive")
+    frame = table.to_pandas()
+    counts = np.fromiter((job.metrics.num_rows for job in jobs), dtype=np.int64, count=len(jobs))
+    frame.insert(0, "run", np.repeat(np.arange(len(jobs), dtype=np.int64), counts))
+    return frame
+
+
+def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep:
+    """Read every job of a sweep directory (no classification; see :func:`load_sweep`).
+
+    Raises :class:`SweepError` if the directory is missing or holds no readable run; warns
+    (:class:`SkippedFileWarning`, one line each) for files it skips.
+    """
+    sweep_dir = Path(path)
+    if not sweep_dir.exists():
+        raise SweepError(f"sweep directory {sweep_dir} does not exist")
+    if not sweep_dir.is_dir():
+        raise SweepError(f"{sweep_dir} is not a directory (expected a sweep directory)")
+    files = job_files(sweep_dir)
+
+    def attempt(file: Path) -> Job | str:
+        try:
+            return read_job(file)
+        except UnreadableMetrics as err:
+            return str(err)
+
+    # One contiguous block of files per thread: a future per file costs more than reading it.
+    workers = max(1, min(threads, len(files)))
+    size = -(-len(files) // workers) if files else 1
+    blocks = [files[i : i + size] for i in range(0, len(files), size)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = [result for block in pool.map(lambda block: [attempt(f) for f in block], blocks) for result in block]
+    names, jobs, skipped = [], [], []
+    for file, result in zip(files, results):
+        relative = file.relative_to(sweep_dir).as_posix()
+        if isinstance(result, str):
+            skipped.append((relative, result))
+            warnings.warn(f"skipping {sweep_dir / relative}: {result}", SkippedFileWarning, stacklevel=2)
+        else:
+            names.append(file.parent.name)
+            jobs.append(result)
+    unfinished = _unfinished_jobs(sweep_dir)
+    if not jobs:
+        detail = f" ({len(skipped)} unreadable)" if skipped else ""
+        raise SweepError(f"no readable {METRICS_FILE} under {sweep_dir}{detail}")
+    fields = tuple(job.fields for job in jobs)
+    return Sweep(sweep_dir, _runs_frame(names, jobs), trajectories_frame(jobs), fields, tuple(skipped), tuple(unfinished))
+
+
+def load_trajectories(path: str | os.PathLike, *, config: bool = True) -> pd.DataFrame:
+    """The long table of a sweep: one row per logged step per run.
+
+    With ``config=True`` (default) every row also carries its run's ``job`` and config columns,
+    so ``frame.query("lr == 0.05 and num_mc == 32")`` works directly.
+    """
+    sweep = read_sweep(path)
+    if not config:
+        return sweep.trajectories
+    keys = ["run", "job", *config_columns(sweep.runs)]
+    return sweep.runs[keys].merge(sweep.trajectories, on="run", how="right", validate="one_to_many")
+
+
+def load_sweep(path: str | os.PathLike, *, cache_baselines: bool = True, **thresholds: Any) -> pd.DataFrame:
+    """One row per job of a sweep, classified against its exact baseline.
+
+    Reads the sweep (:func:`read_sweep`), finds or computes each run's exact-KL baseline
+    (:func:`analysis.baseline.exact_baselines`, cached in ``<sweep_dir>/baselines/``) and adds the
+    tail statistics and ``outcome`` (:func:`analysis.outcomes.classify`).
+
+    Parameters
+    ----------
+    path
+        The sweep directory (Hydra's ``hydra.sweep.dir``).
+    cache_baselines
+        Write computed baselines to ``<sweep_dir>/baselines/`` (and reuse them next time).
+    **thresholds
+        Fields of :class:`analysis.outcomes.Thresholds` (``tail_fraction``, ``tol_per_dim``,
+        ``collapse_ratio``, ``trend_alpha``, ``min_tail_points``).
+    """
+    # Imported here: analysis.baseline reads cached baselines with this module's read_job.
+    from analysis.baseline import exact_baselines
+    from analysis.outcomes import Thresholds, classify
+
+    sweep = read_sweep(path)
+    baselines = exact_baselines(sweep, cache=cache_baselines)
+    return classify(sweep, baselines, Thresholds(**thresholds))

@@ -1,0 +1,171 @@
+"""Phase table: one row per cell of a sweep (every swept config key but the seed).
+
+A **cell** is a set of runs that differ only by seed. Per cell: ``n_runs``, the fraction of runs
+with each outcome (``frac_converged`` ... ``frac_diverged``), the majority ``outcome`` and its
+fraction, the median KL excess over the exact baseline with a bootstrap percentile interval,
+and the median time-to-tolerance ratio.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from analysis.load import config_columns
+from analysis.outcomes import OUTCOMES
+
+SEVERITY = ("diverged", "collapsed", "stalled", "slow", "converged")
+"""Tie-break order of the majority outcome: worst first, so a 1-1-1 split never reads as success."""
+
+ALWAYS_KEYS = ("lr", "num_mc")  # the phase map's axes: kept as columns even when not swept
+
+
+def cell_keys(runs: pd.DataFrame) -> list[str]:
+    """The swept config columns of ``runs`` minus ``seed``, plus lr and num_mc (the phase map's axes).
+
+    A hyperparameter column (``optimizer_*``, ``target_*``) counts as swept only if it varies for
+    one optimizer (target): in a sweep over ``optimizer=adam,sgd`` the column ``optimizer_b1`` is
+    0.9 for Adam and empty for SGD, which the ``optimizer`` column already says.
+    """
+    keys = []
+    for column in config_columns(runs):
+        if column == "seed":
+            continue
+        group = column.split("_", 1)[0] if column.startswith(("optimizer_", "target_")) else None
+        if group is not None and group in runs.columns:
+            swept = runs.groupby(group, dropna=False)[column].nunique(dropna=False).max() > 1
+        else:
+            swept = runs[column].nunique(dropna=False) > 1
+        if column in ALWAYS_KEYS or swept:
+            keys.append(column)
+    return keys
+
+
+def majority_outcome(counts: pd.DataFrame) -> pd.Series:
+    """Most frequent outcome per row of an (cells x outcomes) count table; ties go to the worse one."""
+    ordered = counts[list(SEVERITY)].to_numpy()
+    return pd.Series(np.asarray(SEVERITY)[ordered.argmax(axis=1)], index=counts.index)
+
+
+def bootstrap_median_interval(
+    values: np.ndarray, *, n_boot: int = 2000, level: float = 0.95, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of ``values`` (NaNs dropped).
+
+    Resamples ``values`` with replacement ``n_boot`` times and returns the
+    ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of the resampled medians (Efron &
+    Tibshirani 1993, ch. 13). With 3 seeds the interval is coarse by nature: it can only take
+    values among the data points' medians of resamples.
+    """
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    draws = values[rng.integers(0, len(values), size=(n_boot, len(values)))]
+    medians = np.median(draws, axis=1)
+    # inverted_cdf picks resampled medians themselves (no interpolation), so an infinite excess
+    # (a KL that overflowed) gives an infinite bound instead of inf - inf = NaN.
+    low, high = np.quantile(medians, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def _cell_rng(seed: int, key: tuple) -> np.random.Generator:
+    """An RNG per cell, seeded by the cell's key: a cell's interval does not depend on the other cells."""
+    return np.random.default_rng([seed, zlib.crc32(repr(key).encode())])
+
+
+def phase_table(
+    runs: pd.DataFrame, *, keys: list[str] | None = None, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> pd.DataFrame:
+    """One row per cell of a classified runs table (:func:`analysis.load.load_sweep`).
+
+    Parameters
+    ----------
+    runs
+        One row per run with ``outcome``, ``kl_excess``, ``time_to_tol_ratio`` and config columns.
+    keys
+        The cell keys; default :func:`cell_keys` (every swept key but ``seed``, plus lr, num_mc).
+    n_boot, level, seed
+        Bootstrap resamples, interval level and RNG seed of the median-excess interval.
+
+    Returns
+    -------
+    DataFrame sorted by ``keys`` with the keys, ``n_runs``, ``frac_<outcome>`` for every outcome,
+    ``outcome`` (majority; ties go to the worse outcome, :data:`SEVERITY`), ``outcome_frac``,
+    ``kl_excess_median``/``_lo``/``_hi`` (nats), ``kl_excess_per_dim_median``,
+    ``tail_kl_median``, ``baseline_tail_kl``, ``baseline_outcome``, ``tail_sigma_min_median``
+    and ``time_to_tol_ratio`` (median over the cell's
+    runs; ``inf`` when most runs never reach the tolerance their baseline reaches).
+    """
+    keys = list(keys) if keys is not None else cell_keys(runs)
+    # Group positions once; every statistic is then a vectorised pass over the cells.
+    codes = runs.groupby(keys, dropna=False, sort=True, observed=True).ngroup().to_numpy()
+    first = pd.Series(np.arange(len(runs))).groupby(codes).first().to_numpy()
+    table = runs.iloc[first][keys].reset_index(drop=True)
+    n_runs = np.bincount(codes)
+    table["n_runs"] = n_runs
+    outcome = pd.Categorical(runs["outcome"].astype(str), categories=list(OUTCOMES)).codes
+    tally = np.zeros((len(table), len(OUTCOMES)))
+    np.add.at(tally, (codes, outcome), 1)
+    for i, name in enumerate(OUTCOMES):
+        table[f"frac_{name}"] = tally[:, i] / n_runs
+    fractions = pd.DataFrame(tally / n_runs[:, None], columns=list(OUTCOMES))
+    table["outcome"] = pd.Categorical(majority_outcome(fractions), categories=list(OUTCOMES))
+    table["outcome_frac"] = fractions.max(axis=1).to_numpy()
+
+    by_cell = runs.assign(_cell=codes).groupby("_cell")
+    medians = by_cell[["kl_excess", "tail_kl", "baseline_tail_kl", "tail_sigma_min"]].median()
+    table["kl_excess_median"] = medians["kl_excess"].to_numpy()
+    intervals = np.array(
+        [
+            bootstrap_median_interval(runs["kl_excess"].to_numpy(np.float64)[members], n_boot=n_boot, level=level, rng=_cell_rng(seed, _key(table, keys, cell)))
+            for cell, members in sorted(by_cell.indices.items())
+        ]
+    ).reshape(-1, 2)
+    table["kl_excess_lo"], table["kl_excess_hi"] = intervals[:, 0], intervals[:, 1]
+    table["kl_excess_per_dim_median"] = table["kl_excess_median"] / runs["d"].to_numpy(np.float64)[first]
+    table["tail_kl_median"] = medians["tail_kl"].to_numpy()
+    table["baseline_tail_kl"] = medians["baseline_tail_kl"].to_numpy()
+    table["baseline_outcome"] = runs["baseline_outcome"].to_numpy()[first]  # one baseline per cell
+    table["tail_sigma_min_median"] = medians["tail_sigma_min"].to_numpy()
+    # pandas' median skips NaN (the baseline never reached the level) and keeps inf (the run never did).
+    table["time_to_tol_ratio"] = by_cell["time_to_tol_ratio"].median().to_numpy()
+    table.attrs["cell_keys"] = keys
+    return table
+
+
+def _key(table: pd.DataFrame, keys: list[str], cell: int) -> tuple:
+    return tuple(_plain(table.at[cell, k]) for k in keys)
+
+
+def example_cells(cells: pd.DataFrame, keys: list[str] | None = None) -> list[dict]:
+    """The clearest cell of each outcome present, in :data:`OUTCOMES` order (for KL-curve figures).
+
+    For each outcome: the cells with the highest fraction of it, then the clearest among them --
+    converged: the largest lr (the most aggressive step that still converges); slow: the smallest
+    lr; stalled: the largest median KL excess; collapsed: the smallest tail min sigma; diverged:
+    the largest tail KL. Remaining ties go to the first cell in sorted order.
+    """
+    keys = list(keys) if keys is not None else [c for c in cells.columns if c in set(cells.attrs.get("cell_keys", ["lr", "num_mc"]))]
+    clearest = {
+        "converged": ("lr", False),
+        "slow": ("lr", True),
+        "stalled": ("kl_excess_median", False),
+        "collapsed": ("tail_sigma_min_median", True),
+        "diverged": ("tail_kl_median", False),
+    }
+    chosen = []
+    for name in OUTCOMES:
+        share = cells[f"frac_{name}"]
+        if share.max() <= 0 or (cells["outcome"].astype(str) != name).all():
+            continue
+        best = cells[(share == share.max()) & (cells["outcome"].astype(str) == name)]
+        column, ascending = clearest[name]
+        best = best.sort_values(column, ascending=ascending, kind="stable")
+        chosen.append({k: _plain(best.iloc[0][k]) for k in keys})
+    return chosen
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value

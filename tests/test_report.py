@@ -1,0 +1,195 @@
+"""The report: the default grid's story, reproducible files, CLI errors, the multirun callback, the notebook."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import load_sweep, phase_table, write_report
+from analysis.figures import Panel, excess_heatmap, kl_curves, phase_map, sigma_statistics
+from analysis.load import read_sweep
+from analysis.outcomes import OUTCOMES
+from analysis.report import main as report_main
+from tests.conftest import REPO
+from tests.sweeps import STORY_GRID, composed_fields, grid, write_sweep
+
+REPORT_FILES = {
+    "phase_table.csv",
+    "runs.csv",
+    "summary.md",
+    *(f"{name}.{ext}" for name in ("phase_map", "kl_excess", "sigma", "kl_curves") for ext in ("png", "pdf")),
+}
+
+
+@pytest.fixture(scope="module")
+def story_sweep(tmp_path_factory):
+    """The default grid (d=100, 2000 steps, Adam, init_log_sigma=-2), reduced to 5 lr x 2 num_mc x 2 seeds."""
+    sweep_dir = tmp_path_factory.mktemp("story")
+    write_sweep(sweep_dir, grid(composed_fields(), STORY_GRID))
+    return sweep_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """8 short runs at d=4: for the tests that only need *a* sweep."""
+    sweep_dir = tmp_path_factory.mktemp("tiny")
+    base = dict(composed_fields(), d=4, steps=40, log_every=10)
+    write_sweep(sweep_dir, grid(base, {"lr": (0.01, 0.5), "num_mc": (1, 4), "seed": (0, 1)}))
+    return sweep_dir
+
+
+def copy_sweep(source: Path, tmp_path: Path) -> Path:
+    target = tmp_path / source.name
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("report", "baselines"))
+    return target
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_default_grid_tells_the_notebooks_story(story_sweep):
+    cells = phase_table(load_sweep(story_sweep)).set_index(["lr", "num_mc"])["outcome"].astype(str)
+    assert cells[(0.05, 32)] == "converged"  # the notebook's good cell
+    assert cells[(0.2, 1)] == "stalled"  # the notebook's stress cell: KL ~12 at a noise floor
+    assert cells[(1e-4, 1)] == cells[(1e-4, 32)] == "slow"  # the exact run is not done either
+    assert cells[(10.0, 1)] == cells[(10.0, 32)] == "diverged"  # ends far above the initial KL
+    assert cells[(1.0, 1)] == "collapsed"  # min sigma < 1e-3 with one sample at lr = 1
+
+
+def test_report_writes_every_file_and_is_byte_identical_on_a_rerun(story_sweep, tmp_path):
+    sweep_dir = copy_sweep(story_sweep, tmp_path)
+    report = write_report(sweep_dir)  # cold: computes and caches the exact baselines
+    assert report == sweep_dir / "report"
+    assert {p.name for p in report.iterdir()} == REPORT_FILES
+    first = digests(report)
+    assert len(list((sweep_dir / "baselines").glob("*/metrics.parquet"))) == 5  # one per lr
+    write_report(sweep_dir)  # warm: baselines from the cache
+    assert digests(report) == first
+    assert not [p.name for p in sweep_dir.iterdir() if p.name.startswith(".report")]
+
+    table = pd.read_csv(report / "phase_table.csv")
+    assert len(table) == 10 and set(table["outcome"]) == set(OUTCOMES)
+    summary = (report / "summary.md").read_text()
+    assert "20 runs in 10 cells (swept: lr, num_mc; 2 runs per cell)" in summary
+    assert "5 computed with the trainer" in summary
+    assert "![phase_map](phase_map.png)" in summary
+    assert "| 0.05 | 32 | 2 | converged (2/2) |" in summary
+    assert (report / "phase_map.pdf").read_bytes().startswith(b"%PDF")
+    assert b"CreationDate" not in (report / "phase_map.pdf").read_bytes()
+
+
+def test_figures_call_overlays_with_panel_coordinates(story_sweep):
+    sweep = read_sweep(story_sweep)
+    runs = load_sweep(story_sweep)
+    cells = phase_table(runs)
+    seen: list[Panel] = []
+    for make in (lambda o: phase_map(cells, overlays=o), lambda o: excess_heatmap(cells, overlays=o), lambda o: sigma_statistics(runs, overlays=o)):
+        make([seen.append])
+    assert len(seen) == 1 + 1 + 2  # the sigma figure has two panels
+    grid_panel = seen[0]
+    assert grid_panel.x_of(0.05) == 1 and grid_panel.y_of(32) == 1  # categorical positions
+    assert 1 < grid_panel.x_of(0.1) < 2  # log-interpolated between 0.05 and 0.2
+    assert len(grid_panel.data) == 10
+    from analysis.baseline import exact_baselines
+
+    references = exact_baselines(sweep)
+    curves: list[Panel] = []
+    kl_curves(runs, sweep.trajectories, references.trajectories, [{"lr": 0.2, "num_mc": 1}], overlays=[curves.append])
+    assert curves[0].facet == {"lr": 0.2, "num_mc": 1} and set(curves[0].data["step"]) == {1, *range(200, 2001, 200)}
+
+
+def test_report_cli_missing_dir_is_one_line_exit_2(cli, tmp_path):
+    result = cli("report", str(tmp_path / "missing"))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"vi_sweep: error: sweep directory {tmp_path / 'missing'} does not exist"]
+    assert result.stdout == ""
+
+
+def test_report_cli_empty_dir_and_bad_cell_are_one_line_errors(tiny_sweep, tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"vi_sweep: error: no readable metrics.parquet under {tmp_path}"
+    sweep_dir = copy_sweep(tiny_sweep, tmp_path)
+    assert report_main([str(sweep_dir), "--cell", "lr=0.07"]) == 2
+    assert capsys.readouterr().err.strip() == "vi_sweep: error: cell lr=0.07: no run of this sweep has these values"
+    assert not (sweep_dir / "report").exists()
+
+
+def test_report_cli_names_a_corrupt_file_in_one_line_and_reports_the_rest(tiny_sweep, tmp_path, capsys):
+    sweep_dir = copy_sweep(tiny_sweep, tmp_path)
+    bad = sweep_dir / "3" / "metrics.parquet"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated
+    assert report_main([str(sweep_dir), "--cell", "lr=0.5,num_mc=4"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vi_sweep: warning: skipping {bad}: ")
+    assert captured.out.strip() == f"vi_sweep: report written to {sweep_dir / 'report'}"
+    summary = (sweep_dir / "report" / "summary.md").read_text()
+    assert "7 runs in 4 cells" in summary and "`3/metrics.parquet`" in summary
+    assert (sweep_dir / "report" / "kl_curves.png").exists()
+
+
+@pytest.mark.slow
+def test_multirun_ends_by_writing_the_report_and_printing_its_path(cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = cli("multirun", "lr=1e-2,0.5", "num_mc=1,4", "seed=range(1)", "steps=30", "log_every=10", "d=3", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    assert f"vi_sweep: report written to {sweep.resolve() / 'report'}" in result.stdout
+    assert {p.name for p in (sweep / "report").iterdir()} == REPORT_FILES
+    assert "Traceback" not in result.stderr and "pruned" not in result.stdout + result.stderr
+
+
+def test_a_failing_report_is_one_line_and_does_not_raise(tiny_sweep, tmp_path, capsys, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import analysis.report
+    from vi_sweep.callbacks import SweepSummary
+
+    def broken(argv):
+        raise RuntimeError("figure backend exploded\nsecond line")
+
+    monkeypatch.setattr(analysis.report, "main", broken)
+    sweep_dir = copy_sweep(tiny_sweep, tmp_path)
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"vi_sweep: 8 runs written to {sweep_dir.resolve()}"
+    assert captured.err.strip().splitlines() == [
+        f"vi_sweep: warning: report not written (RuntimeError: figure backend exploded); rerun it with: python -m vi_sweep report {sweep_dir.resolve()}"
+    ]
+    SweepSummary(report=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
+    assert capsys.readouterr().err == ""
+
+
+def test_example_notebook_rebuilds_the_phase_map(tiny_sweep, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("VI_SWEEP_DIR", str(tiny_sweep))
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    notebook = nbformat.read(REPO / "analysis" / "notebooks" / "phase_map.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the phase map was drawn
+    assert any("frac_converged" in o.get("data", {}).get("text/plain", "") for o in outputs)  # the phase table
+
+
+def test_save_figure_keeps_dots_in_facet_names_and_writes_reproducible_bytes(tmp_path):
+    from matplotlib.figure import Figure
+
+    from analysis.figures import save_figure
+
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    written = save_figure(fig, tmp_path / "phase_map__lr=0.05,target_rho=0.9")
+    assert [p.name for p in written] == ["phase_map__lr=0.05,target_rho=0.9.png", "phase_map__lr=0.05,target_rho=0.9.pdf"]
+    first = digests(tmp_path)
+    save_figure(fig, tmp_path / "phase_map__lr=0.05,target_rho=0.9")
+    assert digests(tmp_path) == first
