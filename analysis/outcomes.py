@@ -9,7 +9,9 @@ precedence:
 
 ``diverged``
     a non-finite value at any step (the trainer's ``diverged`` flag, or a non-finite KL or sigma in
-    a row), or ``tail_kl > init_kl``: training ended worse than where it started.
+    a row), or ``tail_kl > max(init_kl, floor + divergence_per_dim * d)``: training ended worse
+    than where it started, and (for runs started at or near the optimum, whose ``init_kl`` is ~0)
+    more than ``divergence_per_dim`` nats per dimension (default 1) away from it.
 ``collapsed``
     not diverged, and the smallest sigma in the tail is below ``collapse_ratio`` times the target's
     smallest standard deviation (variance collapse).
@@ -78,6 +80,15 @@ class Thresholds:
         Tolerance above the reference KL, in nats per dimension (0.01: 1 nat at d = 100).
     collapse_ratio
         A tail min sigma below ``collapse_ratio * smallest target std`` is a variance collapse.
+    divergence_per_dim
+        A run whose tail KL exceeds both its initial KL and ``floor + divergence_per_dim * d``
+        diverged. The second bound matters only for runs started near the optimum (initial KL
+        ~ 0), where "worse than the start" would call any noise floor a divergence. 1 nat/dim
+        separates, in a plain-SGD sweep started at the optimum (d = 100, 1000 steps,
+        ``init_log_sigma = 0``), the runs beyond the mean-square limit lr = M/(M+2) (lr = 0.6 at
+        M = 1, 2: 10 and 1.5 nats/dim) from those inside it (lr = 0.6 at M = 4: 0.4 nats/dim;
+        lr <= 0.1: <= 0.1 nats/dim). Runs started at the default ``init_log_sigma = -2`` (1.5
+        nats/dim) are unaffected.
     trend_alpha
         One-sided significance level of the "still falling" test. 0.01, not 0.05: with the
         default 3-row tail the test has one degree of freedom, and at 0.05 (critical t = -6.31)
@@ -90,6 +101,7 @@ class Thresholds:
     min_tail_points: int = 3
     tol_per_dim: float = 0.01
     collapse_ratio: float = 1e-3
+    divergence_per_dim: float = 1.0
     trend_alpha: float = 0.01
 
     def __post_init__(self) -> None:
@@ -97,8 +109,8 @@ class Thresholds:
             raise ValueError(f"tail_fraction={self.tail_fraction} must be in (0, 1]")
         if self.min_tail_points < 1:
             raise ValueError(f"min_tail_points={self.min_tail_points} must be >= 1")
-        if not (self.tol_per_dim >= 0 and self.collapse_ratio >= 0 and 0 < self.trend_alpha < 1):
-            raise ValueError("tol_per_dim and collapse_ratio must be >= 0 and trend_alpha in (0, 1)")
+        if not (self.tol_per_dim >= 0 and self.collapse_ratio >= 0 and self.divergence_per_dim >= 0 and 0 < self.trend_alpha < 1):
+            raise ValueError("tol_per_dim, collapse_ratio and divergence_per_dim must be >= 0 and trend_alpha in (0, 1)")
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -258,14 +270,15 @@ def classify(sweep: Sweep, references: References, thresholds: Thresholds = Thre
     base_init = references.per_run.loc[first_run, "init_kl"].to_numpy()
     base_d = runs.set_index("run").loc[first_run, "d"].to_numpy(np.float64)
     base_stats = tail_statistics(references.trajectories, base_ids, baselines["n_logged"].to_numpy(), base_floor, thresholds)
-    base_diverged = base_stats["nonfinite"].to_numpy() | (base_stats["tail_kl"].to_numpy() > base_init)
+    base_limit = np.maximum(base_init, base_floor + thresholds.divergence_per_dim * base_d)
+    base_diverged = base_stats["nonfinite"].to_numpy() | (base_stats["tail_kl"].to_numpy() > base_limit)
     base_converged = ~base_diverged & (base_stats["tail_kl"].to_numpy() <= base_floor + thresholds.tol_per_dim * base_d)
     base_outcome = np.where(base_diverged, "diverged", np.where(base_converged, "converged", "slow"))
 
     which = per_run["baseline"].to_numpy()
     base_tail = base_stats["tail_kl"].to_numpy()[which]
     tail_kl = stats["tail_kl"].to_numpy()
-    diverged = stats["nonfinite"].to_numpy() | (tail_kl > init_kl)
+    diverged = stats["nonfinite"].to_numpy() | (tail_kl > np.maximum(init_kl, floor + thresholds.divergence_per_dim * d))
     collapsed = ~diverged & (stats["tail_sigma_min"].to_numpy() < thresholds.collapse_ratio * per_run["smallest_target_std"].to_numpy())
     reference = np.where(base_converged[which], base_tail, floor)
     converged = ~diverged & ~collapsed & (tail_kl <= reference + tol)

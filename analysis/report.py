@@ -30,6 +30,8 @@ import pandas as pd
 
 from analysis.baseline import BaselineCacheWarning, exact_baselines
 from analysis.figures import (
+    Overlay,
+    Panel,
     excess_heatmap,
     facet_title,
     format_value,
@@ -43,6 +45,7 @@ from analysis.figures import (
 from analysis.load import SkippedFileWarning, SweepError, read_sweep
 from analysis.outcomes import OUTCOMES, Thresholds, classify
 from analysis.phase import cell_keys, example_cells, phase_table
+from analysis.theory import sgd_overlay_lines
 
 REPORT_DIR = "report"
 SUMMARY_CELL_ROWS = 200  # summary.md lists at most this many cells; phase_table.csv has all
@@ -125,7 +128,8 @@ def summary_markdown(
         "",
         f"- tail: the last {thresholds.tail_fraction:.0%} of the logged rows (at least {thresholds.min_tail_points}); "
         "tail KL = median over the tail",
-        "- diverged: a non-finite value at any step, or tail KL > KL at initialisation",
+        "- diverged: a non-finite value at any step, or tail KL > max(KL at initialisation, "
+        f"floor + {thresholds.divergence_per_dim:g} nats/dim)",
         f"- collapsed: tail min sigma < {thresholds.collapse_ratio:g} x the target's smallest std",
         f"- converged: tail KL <= reference + {thresholds.tol_per_dim:g} nats/dim "
         "(reference: the exact run's tail KL if it converged, else the mean-field floor)",
@@ -202,9 +206,10 @@ def write_report(
         for facet, sub in split_facets(cells_table, keys=keys):
             suffix = _facet_suffix(facet)
             facet_runs = select_rows(runs, facet)
+            theory = theory_overlays(facet_runs)
             for name, fig in (
-                ("phase_map", phase_map(sub, facet=facet)),
-                ("kl_excess", excess_heatmap(sub, facet=facet)),
+                ("phase_map", phase_map(sub, facet=facet, overlays=theory.get("phase_map", ()))),
+                ("kl_excess", excess_heatmap(sub, facet=facet, overlays=theory.get("kl_excess", ()))),
                 ("sigma", sigma_statistics(facet_runs, facet=facet)),
             ):
                 save_figure(fig, staging / f"{name}{suffix}")
@@ -221,6 +226,49 @@ def write_report(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+# The first-order theory of analysis/theory.py holds for exactly this configuration.
+THEORY_CONFIG = {"optimizer": "sgd", "objective": "mc", "estimator": "reparam", "target": "standard_normal"}
+
+
+def theory_overlays(runs: pd.DataFrame) -> dict[str, list[Overlay]]:
+    """Theory curves for the phase map and the KL-excess heatmap of one facet, if they apply.
+
+    They apply when every run of the facet is plain SGD with the reparam estimator on the
+    standard-normal target (:data:`THEORY_CONFIG`) with one dimension ``d``: the phase map gets
+    the step-size limits (lr = 1 in log sigma, lr = 2 in mu, the mean-square limit
+    lr = M/(M+2)), the heatmap the iso-lines of the predicted stationary KL per dimension
+    (:func:`analysis.theory.sgd_overlay_lines`). Otherwise there are none.
+    """
+    for key, value in THEORY_CONFIG.items():
+        if key not in runs.columns or set(runs[key].unique()) != {value}:
+            return {}
+    if runs["d"].nunique() != 1 or runs["num_mc"].nunique() < 1:
+        return {}
+    d = int(runs["d"].iloc[0])
+    num_mc = np.geomspace(runs["num_mc"].min() / 2.0, runs["num_mc"].max() * 2.0, 200)
+
+    def overlay(kind: str) -> Overlay:
+        def draw(panel: Panel) -> None:
+            for line, dashes in zip(sgd_overlay_lines(kind, num_mc, d=d), THEORY_DASHES):
+                panel.ax.plot(
+                    panel.x_of(line.lr), panel.y_of(line.num_mc), label=line.label, linestyle=dashes, **THEORY_STYLES[line.style]
+                )
+            # Below the axes: inside, the legend would hide cells.
+            # The white iso-KL lines need a grey legend box to be seen.
+            panel.ax.legend(
+                loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize="x-small",
+                frameon=kind == "kl", facecolor="0.55", edgecolor="none",
+            )
+
+        return draw
+
+    return {"phase_map": [overlay("phase")], "kl_excess": [overlay("kl")]}
+
+
+THEORY_STYLES = {"limit": dict(color="black", linewidth=1.2), "level": dict(color="white", linewidth=1.2)}
+THEORY_DASHES = ("--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))  # one per curve, so they read in greyscale
 
 
 def _check_cell(runs: pd.DataFrame, cell: Mapping[str, Any]) -> None:

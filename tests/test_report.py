@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -193,3 +194,51 @@ def test_save_figure_keeps_dots_in_facet_names_and_writes_reproducible_bytes(tmp
     first = digests(tmp_path)
     save_figure(fig, tmp_path / "phase_map__lr=0.05,target_rho=0.9")
     assert digests(tmp_path) == first
+
+
+@pytest.fixture(scope="module")
+def sgd_sweep(tmp_path_factory):
+    """Plain SGD with the reparam estimator on N(0, I): the configuration the theory describes."""
+    sweep_dir = tmp_path_factory.mktemp("sgd")
+    base = dict(composed_fields("optimizer=sgd"), d=20, steps=200, log_every=50, init_log_sigma=0.0)
+    write_sweep(sweep_dir, grid(base, {"lr": (0.01, 0.1, 0.5, 1.5), "num_mc": (1, 8), "seed": (0,)}))
+    return sweep_dir
+
+
+def _theory_lines(figure):
+    return [line for ax in figure.axes for line in ax.get_lines() if "lr =" in str(line.get_label()) or "KL =" in str(line.get_label())]
+
+
+def test_sgd_sweeps_get_the_theory_overlays_and_adam_sweeps_do_not(sgd_sweep, story_sweep):
+    from analysis.report import theory_overlays
+    from analysis.theory import stability_limit_lr
+
+    runs = load_sweep(sgd_sweep)
+    overlays = theory_overlays(runs)
+    assert set(overlays) == {"phase_map", "kl_excess"}
+    cells = phase_table(runs)
+    figure = phase_map(cells, overlays=overlays["phase_map"])
+    labels = sorted(str(line.get_label()) for line in _theory_lines(figure))
+    assert labels == sorted(
+        ["exact-gradient limit in log sigma: lr = 1", "exact-gradient limit in mu: lr = 2", "SGD mean-square limit lr = M/(M+2)"]
+    )
+    # The mean-square limit is drawn where theory puts it: lr = M/(M+2) at the num_mc = 8 row.
+    (limit,) = [line for line in _theory_lines(figure) if "M/(M+2)" in str(line.get_label())]
+    x, y = limit.get_data()
+    row = int(np.argmin(np.abs(np.asarray(y) - 1.0)))  # num_mc = 8 sits at category 1
+    lr_positions = sorted(cells["lr"].unique())
+    expected_x = np.interp(np.log10(stability_limit_lr(8.0)), np.log10(lr_positions), np.arange(len(lr_positions)))
+    assert x[row] == pytest.approx(expected_x, abs=0.05)
+    heatmap = excess_heatmap(cells, overlays=overlays["kl_excess"])
+    assert any("noise floor" in str(line.get_label()) for line in _theory_lines(heatmap))
+    assert theory_overlays(load_sweep(story_sweep)) == {}
+
+
+def test_runs_started_at_the_optimum_diverge_only_past_the_mean_square_limit(sgd_sweep):
+    runs = load_sweep(sgd_sweep).set_index(["lr", "num_mc"])
+    # Initial KL is 0 here: a small noise floor is not a divergence...
+    assert runs.loc[(0.01, 1), "outcome"] != "diverged"
+    assert runs.loc[(0.1, 8), "outcome"] != "diverged"
+    # ...but SGD beyond lr = M/(M+2) (0.33 at M = 1) and beyond the exact limit lr = 1 is.
+    assert runs.loc[(0.5, 1), "outcome"] == "diverged"
+    assert (runs.xs(1.5, level="lr")["outcome"] == "diverged").all()
