@@ -145,8 +145,9 @@ def summary_markdown(
     view["outcome"] = [f"{o} ({int(round(f * n))}/{n})" for o, f, n in zip(shown["outcome"].astype(str), shown["outcome_frac"], shown["n_runs"])]
     view["tail KL"] = [_number(v) for v in shown["tail_kl_median"]]
     view["exact tail KL"] = [_number(v) for v in shown["baseline_tail_kl"]]
-    view["KL excess [95% CI]"] = [
-        f"{_number(m)} [{_number(lo)}, {_number(hi)}]" for m, lo, hi in zip(shown["kl_excess_median"], shown["kl_excess_lo"], shown["kl_excess_hi"])
+    view["KL excess [bootstrap interval] (coverage)"] = [
+        f"{_number(m)} [{_number(lo)}, {_number(hi)}] ({_percent(c)})"
+        for m, lo, hi, c in zip(shown["kl_excess_median"], shown["kl_excess_lo"], shown["kl_excess_hi"], shown["kl_excess_coverage"])
     ]
     view["time to tol / exact"] = [_number(v) for v in shown["time_to_tol_ratio"]]
     lines += [_markdown_table(view), ""]
@@ -269,6 +270,10 @@ def theory_overlays(runs: pd.DataFrame) -> dict[str, list[Overlay]]:
 
 THEORY_STYLES = {"limit": dict(color="black", linewidth=1.2), "level": dict(color="white", linewidth=1.2)}
 THEORY_DASHES = ("--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))  # one per curve, so they read in greyscale
+
+
+def _percent(value: float) -> str:
+    return "n/a" if not np.isfinite(value) else f"{100 * value:.0f}%"
 
 
 def _check_cell(runs: pd.DataFrame, cell: Mapping[str, Any]) -> None:

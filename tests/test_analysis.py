@@ -397,3 +397,23 @@ def test_cell_keys_ignore_hyperparameters_implied_by_the_optimizer():
         }
     )
     assert cell_keys(runs) == ["optimizer", "optimizer_grad_clip", "lr", "num_mc"]
+
+
+def test_the_interval_coverage_is_the_exact_order_statistic_probability():
+    from analysis.phase import bootstrap_median_interval, order_statistic_coverage
+
+    values = np.array([3.0, 1.0, 2.0])
+    low, high = bootstrap_median_interval(values, rng=np.random.default_rng(0))
+    assert (low, high) == (1.0, 3.0)
+    assert order_statistic_coverage(values, low, high) == pytest.approx(0.75)
+    # n = 10, [x(2), x(9)]: P(2 <= B <= 8), B ~ Bin(10, 1/2) = 1 - 2 * (1 + 10) / 1024.
+    ten = np.arange(10.0)
+    assert order_statistic_coverage(ten, 1.0, 8.0) == pytest.approx(1 - 22 / 1024)
+    # ...and it is what a simulation measures for the bootstrap interval itself.
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(400):
+        sample = rng.normal(size=3)
+        lo, hi = bootstrap_median_interval(sample, n_boot=200, rng=rng)
+        hits += lo <= 0.0 <= hi
+    assert hits / 400 == pytest.approx(0.75, abs=0.07)
