@@ -236,8 +236,8 @@ THEORY_CONFIG = {"optimizer": "sgd", "objective": "mc", "estimator": "reparam", 
 def theory_overlays(runs: pd.DataFrame) -> dict[str, list[Overlay]]:
     """Theory curves for the phase map and the KL-excess heatmap of one facet, if they apply.
 
-    They apply when every run of the facet is plain SGD with the reparam estimator on the
-    standard-normal target (:data:`THEORY_CONFIG`) with one dimension ``d``: the phase map gets
+    They apply when every run of the facet is plain SGD (no gradient clipping) with the reparam
+    estimator on the standard-normal target (:data:`THEORY_CONFIG`) with one dimension ``d``: the phase map gets
     the step-size limits (lr = 1 in log sigma, lr = 2 in mu, the mean-square limit
     lr = M/(M+2)), the heatmap the iso-lines of the predicted stationary KL per dimension
     (:func:`analysis.theory.sgd_overlay_lines`). Otherwise there are none.
@@ -245,7 +245,9 @@ def theory_overlays(runs: pd.DataFrame) -> dict[str, list[Overlay]]:
     for key, value in THEORY_CONFIG.items():
         if key not in runs.columns or set(runs[key].unique()) != {value}:
             return {}
-    if runs["d"].nunique() != 1 or runs["num_mc"].nunique() < 1:
+    if "optimizer_grad_clip" in runs.columns and runs["optimizer_grad_clip"].notna().any():
+        return {}  # clipping changes the step-size limits
+    if runs["d"].nunique() != 1:
         return {}
     d = int(runs["d"].iloc[0])
     num_mc = np.geomspace(runs["num_mc"].min() / 2.0, runs["num_mc"].max() * 2.0, 200)

@@ -42,7 +42,9 @@ def test_run_defaults_are_the_notebooks_run_defaults(cli):
 def test_hydra_help_still_works(cli):
     result = cli("--help")
     assert result.returncode == 0
-    assert "Powered by Hydra" in result.stdout or "Hydra" in result.stdout
+    assert "== Configuration groups ==" in result.stdout
+    for line in ("objective: exact, mc", "scenario: ", "grid: default, none, seeds"):
+        assert line in result.stdout
 
 
 def test_scenario_seed_stress_sets_the_notebooks_stress_cell(cli):
@@ -92,6 +94,8 @@ BAD_INPUT = [
     ("scenario=nope", "scenario"),
     ("target=nope", "target"),
     ("objective.estimator=nope", "objective.estimator"),
+    ("seed=2147483648", "seed"),
+    ("init_log_sigma=100", "init_log_sigma"),
 ]
 
 
@@ -150,3 +154,31 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         results.write_metrics(tmp_path, table, resolved_config={}, fields={"lr": 0.1})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "mode,override,message",
+    [
+        ("run", "~lr", "vi_sweep: error: ~lr: lr is required and cannot be deleted"),
+        ("run", "num_samples=8", "vi_sweep: error: num_samples is not a vi_sweep key; keys are lr, num_mc"),
+        ("run", "+foo=1", "vi_sweep: error: foo is not a vi_sweep key"),
+        ("run", "lr=1e-2,1e-3", "vi_sweep: error: lr=1e-2,1e-3 is a sweep: use `python -m vi_sweep multirun ...`"),
+        ("multirun", "lr=interval(0,1)", "vi_sweep: error: lr=interval(0,1): this sweep does not enumerate"),
+        ("multirun", "scenario=seed_stress,none", "vi_sweep: error: scenario=seed_stress sets lr, num_mc, which grid=default sweeps"),
+        ("multirun", "scenario=glob(*)", "vi_sweep: error: scenario=seed_stress sets lr, num_mc, which grid=default sweeps"),
+    ],
+)
+def test_keys_and_sweeps_vi_sweep_cannot_run_are_one_line(mode, override, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    dir_key = "hydra.run.dir" if mode == "run" else "hydra.sweep.dir"
+    assert main([mode, override, f"{dir_key}={out}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message)
+    assert not out.exists()
+
+
+def test_a_scenario_sweep_with_grid_none_or_its_keys_on_the_command_line_is_fine(capsys):
+    from vi_sweep.__main__ import precheck
+
+    precheck(["scenario=seed_stress,none", "grid=none"], multirun=True)
+    precheck(["scenario=glob(*)", "lr=0.1", "num_mc=1,4"], multirun=True)

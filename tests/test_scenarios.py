@@ -134,7 +134,7 @@ def test_a_key_of_an_option_that_is_not_chosen_is_a_one_line_error(overrides, me
     ["optimizer=momentum", "optimizer.nesterov=true", "optimizer.grad_clip=1.0"],
 ])
 def test_keys_of_the_chosen_options_pass_the_precheck(overrides):
-    precheck(overrides)
+    precheck(overrides, multirun=True)
 
 
 def test_seed_stress_multirun_sweeps_seeds_and_keeps_its_lr_and_num_mc(cli):

@@ -12,7 +12,7 @@ group              yaml files                  code
 ``grid``           ``conf/grid/*.yaml``        (the default multirun grid)
 =================  ==========================  ===============================
 
-The yaml files only select a schema stored here (``defaults: [base_adam]``), so a default value
+The yaml files only select a schema stored here (``defaults: [/schema/optimizer/adam@_here_]``), so a default value
 lives in exactly one place. Value rules (``lr > 0``, ``num_mc >= 1`` ...) live in :data:`RULES`
 and produce one-line :class:`ConfigError` messages that name the field and what is allowed.
 
@@ -205,7 +205,8 @@ def register_configs() -> None:
     cs.store(name="vi_sweep_schema", node=RunConf)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
-            cs.store(group=group, name=f"base_{name}", node=node)
+            # Under schema/<group>/ so that `--help` lists only the yaml options of each group.
+            cs.store(group=f"schema/{group}", name=name, node=node)
 
 
 register_configs()
@@ -251,6 +252,10 @@ def _nonnegative_float(value: Any) -> bool:
     return _finite_float(value) and value >= 0
 
 
+MAX_SEED = 2**31 - 1  # seeds are traced as int32
+MAX_ABS_LOG_SIGMA = 40.0  # exp(2 * 40) ~ 5.5e34 is still a float32; sigma^2 at 45 is not
+
+
 @dataclass(frozen=True)
 class Rule:
     check: Callable[[Any], bool]
@@ -260,11 +265,13 @@ class Rule:
 RULES: dict[str, Rule] = {
     "lr": Rule(_positive_float, "a finite number > 0"),
     "num_mc": Rule(_int_at_least(1), "an integer >= 1"),
-    "seed": Rule(_int_at_least(0), "an integer >= 0"),
+    "seed": Rule(lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
     "d": Rule(_int_at_least(1), "an integer >= 1"),
     "steps": Rule(_int_at_least(1), "an integer >= 1"),
     "log_every": Rule(_int_at_least(1), "an integer >= 1"),
-    "init_log_sigma": Rule(_finite_float, "a finite number"),
+    "init_log_sigma": Rule(
+        lambda v: _finite_float(v) and abs(v) <= MAX_ABS_LOG_SIGMA, f"a number in [-{MAX_ABS_LOG_SIGMA:g}, {MAX_ABS_LOG_SIGMA:g}]"
+    ),
     "objective.estimator": Rule(lambda v: v in ESTIMATORS, "one of " + ", ".join(ESTIMATORS)),
     "optimizer.grad_clip": Rule(_optional_positive, "null or a finite number > 0"),
     "optimizer.b1": Rule(_in_unit_interval, "a number in [0, 1)"),
@@ -378,7 +385,9 @@ def run_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
         node = dict(plain[group])
         out[group] = node.pop("name")
         if group == "objective":
-            out["estimator"] = node.pop("estimator")
+            estimator = node.pop("estimator")
+            # The exact objective has no estimator: recording one would split its runs into cells.
+            out["estimator"] = "none" if out[group] == "exact" else estimator
         for key, value in sorted(node.items()):
             out[f"{group}_{key}"] = value
     for key in ("lr", "num_mc", "seed", "d", "steps", "init_log_sigma", "log_every"):

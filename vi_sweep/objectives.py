@@ -124,7 +124,7 @@ def make_mc_objective(estimator: str, num_mc: int) -> Loss:
 OBJECTIVES = ("exact", "mc")
 
 
-def make_objective(name: str, *, estimator: str = "reparam", num_mc: int = 1) -> Loss:
+def make_objective(name: str, *, estimator: str, num_mc: int) -> Loss:
     """The loss for ``objective.name``; ``estimator`` and ``num_mc`` only matter for ``mc``."""
     if name == "exact":
         return exact_kl

@@ -23,10 +23,13 @@ from typing import Any, Callable
 
 import optax
 
+# Defaults are the config schemas' (one place only).
+from vi_sweep.config import AdagradConf, AdamConf, AdamWConf, MomentumConf, RMSPropConf
+
 Builder = Callable[..., optax.GradientTransformation]
 
 
-def adam(lr, b1=0.9, b2=0.999, eps=1e-8) -> optax.GradientTransformation:
+def adam(lr, b1=AdamConf.b1, b2=AdamConf.b2, eps=AdamConf.eps) -> optax.GradientTransformation:
     return optax.adam(lr, b1=b1, b2=b2, eps=eps)
 
 
@@ -34,19 +37,19 @@ def sgd(lr) -> optax.GradientTransformation:
     return optax.sgd(lr)
 
 
-def momentum(lr, momentum=0.9, nesterov=False) -> optax.GradientTransformation:
+def momentum(lr, momentum=MomentumConf.momentum, nesterov=MomentumConf.nesterov) -> optax.GradientTransformation:
     return optax.sgd(lr, momentum=momentum, nesterov=nesterov)
 
 
-def rmsprop(lr, decay=0.9, eps=1e-8) -> optax.GradientTransformation:
+def rmsprop(lr, decay=RMSPropConf.decay, eps=RMSPropConf.eps) -> optax.GradientTransformation:
     return optax.rmsprop(lr, decay=decay, eps=eps)
 
 
-def adagrad(lr, initial_accumulator_value=0.1, eps=1e-7) -> optax.GradientTransformation:
+def adagrad(lr, initial_accumulator_value=AdagradConf.initial_accumulator_value, eps=AdagradConf.eps) -> optax.GradientTransformation:
     return optax.adagrad(lr, initial_accumulator_value=initial_accumulator_value, eps=eps)
 
 
-def adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4) -> optax.GradientTransformation:
+def adamw(lr, b1=AdamWConf.b1, b2=AdamWConf.b2, eps=AdamWConf.eps, weight_decay=AdamWConf.weight_decay) -> optax.GradientTransformation:
     return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 

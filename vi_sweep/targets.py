@@ -25,6 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Defaults are the config schemas' (one place only).
+from vi_sweep.config import CorrelatedConf, IllConditionedConf, ShiftedConf
+
 # float32, bit-equal to the notebook's jnp.log(2 * jnp.pi), without touching a device at import.
 LOG_2PI = np.float32(np.log(2.0 * np.pi))
 
@@ -134,19 +137,19 @@ def standard_normal(d: int) -> GaussianTarget:
     return GaussianTarget(jnp.zeros((d,)), jnp.ones((d,)), jnp.zeros(()))
 
 
-def ill_conditioned(d: int, condition: float = 1e4) -> GaussianTarget:
+def ill_conditioned(d: int, condition: float = IllConditionedConf.condition) -> GaussianTarget:
     """N(0, diag(v)) with v log-spaced from 1/condition to 1 (condition number ``condition``)."""
     exponents = jnp.linspace(-1.0, 0.0, d) if d > 1 else jnp.zeros((1,))
     return GaussianTarget(jnp.zeros((d,)), jnp.asarray(condition, jnp.float32) ** exponents, jnp.zeros(()))
 
 
-def correlated(d: int, rho: float = 0.9) -> GaussianTarget:
+def correlated(d: int, rho: float = CorrelatedConf.rho) -> GaussianTarget:
     """N(0, (1 - rho) I + rho 11^T): unit variances, pairwise correlation rho. Mean-field cannot match it."""
     rho = jnp.asarray(rho, jnp.float32)
     return GaussianTarget(jnp.zeros((d,)), jnp.full((d,), 1.0) * (1.0 - rho), rho)
 
 
-def shifted(d: int, offset: float = 10.0) -> GaussianTarget:
+def shifted(d: int, offset: float = ShiftedConf.offset) -> GaussianTarget:
     """N(offset * 1, I): the optimum is far from the initial mean 0."""
     return GaussianTarget(jnp.full((d,), 1.0) * jnp.asarray(offset, jnp.float32), jnp.ones((d,)), jnp.zeros(()))
 

@@ -44,15 +44,15 @@ from vi_sweep.targets import GaussianTarget, make_target
 class TrainSpec(NamedTuple):
     """Everything that fixes the compiled program (shapes and code paths). Hashable."""
 
-    objective: str = "mc"
-    estimator: str = "reparam"
-    num_mc: int = 8
-    optimizer: str = "adam"
-    optimizer_static: tuple[tuple[str, Any], ...] = ()  # booleans and "is clipping on"
-    target: str = "standard_normal"
-    d: int = 100
-    steps: int = 2000
-    log_every: int = 200
+    objective: str
+    estimator: str  # "none" for the exact objective
+    num_mc: int  # 0 for the exact objective
+    optimizer: str
+    optimizer_static: tuple[tuple[str, Any], ...]  # booleans and "is clipping on"
+    target: str
+    d: int
+    steps: int
+    log_every: int
 
 
 class Hyper(NamedTuple):
