@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,16 +246,14 @@ def _compute_and_write(
     returns: dict[int, JobReturn],
     options: LauncherOptions,
 ) -> tuple[SweepCounters, int]:
-    devices = init_jax(options, cwd=Path(str(config.hydra.runtime.cwd)))
+    """Plan the jobs in ``todo``, run every chunk, write every job; fill ``returns``."""
     quiet_jax_logs()
-    import jax
-
+    devices = init_jax(options, cwd=Path(str(config.hydra.runtime.cwd)))
     from vi_sweep.sweep_plan import plan_sweep
     from vi_sweep.trainer import split_fields
 
-    split = [split_fields(jobs[position].fields) for position in todo]
     plan = plan_sweep(
-        split,
+        [split_fields(jobs[position].fields) for position in todo],
         max_batch_floats=options.max_batch_floats,
         max_runs_per_call=options.max_runs_per_call,
         multiple_of=len(devices),
@@ -263,24 +262,36 @@ def _compute_and_write(
         "%d jobs -> %d distinct runs in %d groups, %d calls on %d device(s)",
         len(todo), len(plan.computations), len(plan.groups), len(plan.chunks), len(devices),
     )
+    last_chunk_of_group = {chunk.spec: index for index, chunk in enumerate(plan.chunks)}
     counters = SweepCounters()
-    listeners = _count_compiles(counters)
+    stop_counting = _count_compiles(counters)
     bar = _progress_bar(len(todo), len(plan.groups), options.progress)
+
+    def write_chunk(index: int, outputs) -> None:
+        chunk = plan.chunks[index]
+        for slot, rows, diverged_at in _chunk_rows(chunk, outputs):
+            for job_in_plan in plan.computations[chunk.computations[slot]].jobs:
+                position = todo[job_in_plan]
+                returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at)
+                bar.update(1)
+        if last_chunk_of_group[chunk.spec] == index:
+            bar.set_postfix_str(f"groups {plan.groups.index(chunk.spec) + 1}/{len(plan.groups)}")
+
     try:
+        # Start chunk k+1 (compiling it if new) before writing chunk k: XLA computes on its own
+        # threads while this one writes job directories.
         pending = None
-        for chunk in plan.chunks:
-            started = dispatch(chunk, plan, devices)
+        for index, chunk in enumerate(plan.chunks):
+            outputs = dispatch(chunk, plan, devices)
             if pending is not None:
-                _write_chunk(hydra_context, config, *pending, plan, jobs, todo, returns, bar)
-            pending = (chunk, started)
+                write_chunk(*pending)
+            pending = (index, outputs)
         if pending is not None:
-            _write_chunk(hydra_context, config, *pending, plan, jobs, todo, returns, bar)
+            write_chunk(*pending)
     finally:
         bar.close()
-        for unregister in listeners:
-            unregister()
+        stop_counting()
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    del jax
     return counters, len(plan.groups)
 
 
@@ -327,30 +338,25 @@ def dispatch(chunk, plan, devices) -> tuple:
     return jitted_batch_train(chunk.spec)(hyper)
 
 
-def _write_chunk(hydra_context, config, chunk, started, plan, jobs, todo, returns, bar) -> None:
-    """Fetch a finished chunk and write every job it serves."""
+def _chunk_rows(chunk, outputs):
+    """Block on a chunk's outputs; yield ``(slot, rows, diverged_at)`` for its real (unpadded) runs."""
     import numpy as np
 
     from vi_sweep.trainer import logged_steps
 
-    state, rows = started
+    state, rows = outputs
     diverged_at = np.asarray(state.diverged_at)
     columns = {name: np.asarray(value) for name, value in rows._asdict().items()}
     steps = logged_steps(chunk.spec.steps, chunk.spec.log_every)
     for slot in range(chunk.real):
-        computation = plan.computations[chunk.computations[slot]]
-        run_rows = {"step": steps, **{name: values[slot] for name, values in columns.items()}}
-        for job_in_plan in computation.jobs:
-            position = todo[job_in_plan]
-            returns[position] = write_job(hydra_context, config, jobs[position], run_rows, int(diverged_at[slot]))
-            bar.update(1)
-    bar.set_postfix_str(f"group {plan.groups.index(chunk.spec) + 1}/{len(plan.groups)}", refresh=False)
+        yield slot, {"step": steps, **{name: values[slot] for name, values in columns.items()}}, int(diverged_at[slot])
 
 
 def write_job(hydra_context: HydraContext, config: DictConfig, job: Job, rows: dict, diverged_at: int) -> JobReturn:
     """Hydra's ``run_job`` for one job (composed again), with a task that writes its precomputed rows."""
 
     def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
+        _quiet_console()
         out_dir = Path(HydraConfig.get().runtime.output_dir)
         for stale in out_dir.glob(f".{METRICS_FILE}.*.tmp"):  # left by a process killed mid-write
             stale.unlink()
@@ -363,6 +369,15 @@ def write_job(hydra_context: HydraContext, config: DictConfig, job: Job, rows: d
         job_dir_key="hydra.sweep.dir",
         job_subdir_key="hydra.sweep.subdir",
     )
+
+
+def _quiet_console() -> None:
+    """Keep this job's INFO lines out of the console (thousands of them would bury the progress bar
+    and the summary); its ``<job dir>/<job name>.log`` still gets every line. ``run_job`` creates the
+    handlers afresh for each job, so this lasts for one job only."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,25 +402,31 @@ def _progress_bar(total: int, groups: int, enabled: bool):
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="run", desc="vi_sweep", file=sys.stderr, postfix=f"group 1/{groups}", dynamic_ncols=True)
+    return tqdm(total=total, unit="run", desc="vi_sweep", file=sys.stderr, postfix=f"groups 0/{groups}", dynamic_ncols=True)
 
 
-def _count_compiles(counters: SweepCounters) -> list[Callable[[], None]]:
-    """Count XLA compilations and persistent-cache hits while the sweep runs; returns unregister callbacks."""
+def _count_compiles(counters: SweepCounters) -> Callable[[], None]:
+    """Count XLA compilations and persistent-cache hits until the returned function is called."""
     import jax
 
+    lock = threading.Lock()  # events may come from JAX's threads
+
     def on_duration(event: str, duration: float, **kwargs: Any) -> None:
-        if event == BACKEND_COMPILE_EVENT:  # fired for a compile *or* a cache load
-            counters.compiled += 1
+        if event == BACKEND_COMPILE_EVENT:  # fired for a compile *or* a load from the persistent cache
+            with lock:
+                counters.compiled += 1
 
     def on_event(event: str, **kwargs: Any) -> None:
         if event == "/jax/compilation_cache/cache_hits":
-            counters.cache_hits += 1
-            counters.compiled -= 1
+            with lock:
+                counters.cache_hits += 1
+                counters.compiled -= 1
 
     jax.monitoring.register_event_duration_secs_listener(on_duration)
     jax.monitoring.register_event_listener(on_event)
-    return [
-        lambda: jax.monitoring.unregister_event_duration_listener(on_duration),
-        lambda: jax.monitoring.unregister_event_listener(on_event),
-    ]
+
+    def stop() -> None:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+        jax.monitoring.unregister_event_listener(on_event)
+
+    return stop
