@@ -7,14 +7,16 @@ Measured side by side, each in its own process (so peak RSS is per measurement, 
 
 1. **notebook** -- the seed notebook's ``run()`` (``tests/seed_notebook.py``, verbatim: a Python
    loop of jitted steps, ``float()`` syncs at logged steps, printing to /dev/null). Each call
-   builds a new ``optax.adam`` and so recompiles its step, so for each num_mc two runs of S and
-   2S steps give ``time(steps) = per_run + steps * per_step``; the grid is extrapolated as
+   builds a new ``optax.adam`` and so recompiles its step, so for each num_mc runs of 100 and
+   2100 steps (best of 3 each) give ``time(steps) = per_run + steps * per_step``; the grid is
+   extrapolated as
    ``sum over num_mc of 60 * time(10000)``.
 2. **basic** -- ``python -m vi_sweep multirun <grid> hydra/launcher=basic``, end to end.
 3. **batched** -- ``python -m vi_sweep multirun <grid>`` (the default launcher), end to end:
    process start, composition, compile, training, 180 job dirs with parquet; ``cold`` with an
-   empty compilation cache, ``warm`` with the cache the cold run left. Plus ``python -m vi_sweep
-   report`` on the sweep when the analysis package is present.
+   empty compilation cache, ``warm`` with the cache the cold run left, and warm again on one
+   CPU device (``hydra.launcher.cpu_devices=1``) to show what sharding over the cores buys.
+   Plus ``python -m vi_sweep report`` on the sweep when the analysis package is present.
 4. **floor** -- a ``jit(vmap(lax.scan))`` that only splits the keys and draws the same normals
    (shape ``(num_mc, d)`` per step and run), sharded over the same devices as the launcher;
    its compute time after compilation. The same process also times the trainer's batched
@@ -70,7 +72,7 @@ def part_notebook(steps: int, seeds: int) -> dict:
     sys.path.insert(0, str(REPO))
     from tests.seed_notebook import run
 
-    short = min(steps, 1000)
+    short, long = LOG_EVERY, LOG_EVERY + 2000  # the fit's two lengths: 2000 steps apart
     fits = {}
     for num_mc in NUM_MCS:
         def timed(n: int) -> float:
@@ -80,8 +82,10 @@ def part_notebook(steps: int, seeds: int) -> dict:
             return time.perf_counter() - started
 
         timed(short)  # first call: JAX start-up and tracing caches
-        t1, t2 = timed(short), timed(2 * short)
-        per_step = (t2 - t1) / short
+        # Best of 3 for each length: other processes on a shared machine only ever add time.
+        t1 = min(timed(short) for _ in range(3))
+        t2 = min(timed(long) for _ in range(3))
+        per_step = max(t2 - t1, 0.0) / (long - short)
         per_run = max(t1 - short * per_step, 0.0)
         fits[num_mc] = {"per_step_us": per_step * 1e6, "per_run_s": per_run}
     runs_per_num_mc = len(LRS) * seeds
@@ -121,12 +125,13 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
         return jax.jit(jax.vmap(one_run))
 
     def timed(fn, args) -> tuple[float, float]:
-        started = time.perf_counter()
-        jax.block_until_ready(fn(args))
-        first = time.perf_counter() - started
-        started = time.perf_counter()
-        jax.block_until_ready(fn(args))
-        return first, time.perf_counter() - started
+        """(first call: compile + run, best of 3 further calls: run)."""
+        runs = []
+        for _ in range(4):
+            started = time.perf_counter()
+            jax.block_until_ready(fn(args))
+            runs.append(time.perf_counter() - started)
+        return runs[0], min(runs[1:])
 
     out = {"devices": len(mesh_devices), "floor": {}, "compute": {}}
     for num_mc in NUM_MCS:
@@ -203,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from vi_sweep.batched import available_cores
 
     cores = available_cores()
+    load_before = os.getloadavg()[0]  # a shared machine: say how busy it was
     grid = grid_overrides(args.steps, args.seeds)
     runs = len(LRS) * len(NUM_MCS) * args.seeds
     rows: list[tuple[str, float, float]] = []  # (what, seconds, peak RSS MiB)
@@ -223,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         cache = f"hydra.launcher.compilation_cache_dir={tmp_path / 'jax_cache'}"
         cold = measure([*cli, cache, f"hydra.sweep.dir={tmp_path / 'cold'}"])
         warm = measure([*cli, cache, f"hydra.sweep.dir={tmp_path / 'warm'}"])
-        for label, result in (("cold", cold), ("warm", warm)):
+        one_device_cli = [*cli, cache, "hydra.launcher.cpu_devices=1"]
+        measure([*one_device_cli, f"hydra.sweep.dir={tmp_path / 'one_device_cold'}"])  # fills the cache for 1 device
+        one_device = measure([*one_device_cli, f"hydra.sweep.dir={tmp_path / 'one_device'}"])
+        for label, result in (("cold", cold), ("warm", warm), ("warm, 1 device", one_device)):
             line = next(l for l in result["stdout"].splitlines() if l.startswith("vi_sweep: ") and " jobs (" in l)
             notes.append(f"batched {label}: {line}")
         report_s = 0.0
@@ -235,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             notes.append("report: analysis/report.py not in this checkout, not timed")
         rows.append(("3a. multirun, batched launcher, cold cache (+ report)", cold["wall_s"] + report_s, cold["peak_rss_mib"]))
         rows.append(("3b. multirun, batched launcher, warm cache (+ report)", warm["wall_s"] + report_s, warm["peak_rss_mib"]))
+        rows.append(("3c. as 3b on 1 CPU device (no sharding)", one_device["wall_s"] + report_s, one_device["peak_rss_mib"]))
 
         compute = child("compute", "--steps", str(args.steps), "--seeds", str(args.seeds), "--devices", str(cores))
         floor_s = sum(part["run_s"] for part in compute["floor"].values())
@@ -247,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print(f"Reference grid: {runs} runs, d={D}, steps={args.steps}, log_every={LOG_EVERY}, Adam; "
-          f"{cores} CPU core(s), launcher and floor on {compute['devices']} device(s)\n")
+          f"{cores} CPU core(s), launcher and floor on {compute['devices']} device(s); "
+          f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}\n")
     print("| measurement | seconds | vs notebook | vs floor | peak RSS MiB |")
     print("|---|---:|---:|---:|---:|")
     notebook_s = rows[0][1]

@@ -28,6 +28,8 @@ JOBS = [
     ["hydra.job.name=other", "lr=0.2"],
     ["target=ill_conditioned", "target.condition=10", "init_log_sigma=-3"],
     ["target=ill_conditioned", "target.condition=1e3", "init_log_sigma=0"],
+    ["optimizer={name: sgd, grad_clip: 1.0}", "lr=0.1"],  # a dict value is merged: never templated
+    ["optimizer={name: sgd, grad_clip: 2.0}", "lr=0.1"],
 ]
 
 
@@ -51,8 +53,9 @@ def test_every_job_equals_hydras_own_composition(loader_and_master):
     composer = TemplateComposer(loader)
     for overrides in JOBS:
         assert_same_config(composer.load_sweep_config(master, overrides), loader.load_sweep_config(master, overrides))
-    # shapes: plain values (3 jobs), sgd (2), momentum (2), seed_stress (2), +extra (1), hydra (2), ill_conditioned (2)
-    assert composer.full_compositions == 7 and composer.reused_compositions == 7
+    # shapes: plain values (3 jobs), sgd (2), momentum (2), seed_stress (2), +extra (1), hydra (2),
+    # ill_conditioned (2), and the two dict values (1 each)
+    assert composer.full_compositions == 9 and composer.reused_compositions == 7
 
 
 def test_returned_configs_are_independent_of_the_template(loader_and_master):

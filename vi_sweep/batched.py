@@ -113,7 +113,7 @@ def launch(
         print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    log.info("Launching %d jobs in batches (vi_sweep batched launcher)", len(jobs))
+    log.info("Launching %d jobs in batches (vi_sweep batched launcher); composed in %.1f s", len(jobs), time.perf_counter() - started)
 
     returns = {position: job.resumed for position, job in enumerate(jobs) if job.resumed is not None}
     todo = [position for position in range(len(jobs)) if position not in returns]
@@ -269,11 +269,16 @@ def _compute_and_write(
 
     def write_chunk(index: int, outputs) -> None:
         chunk = plan.chunks[index]
+        log.debug("call %d/%d: waiting for %d runs", index + 1, len(plan.chunks), chunk.size)
         for slot, rows, diverged_at in _chunk_rows(chunk, outputs):
             for job_in_plan in plan.computations[chunk.computations[slot]].jobs:
                 position = todo[job_in_plan]
                 returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at)
                 bar.update(1)
+        # run_job leaves the last job's logging in place; give the launcher its own back (as the
+        # basic launcher does), so its lines do not land in that job's log file.
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+        log.debug("call %d/%d: %d jobs written", index + 1, len(plan.chunks), chunk.real)
         if last_chunk_of_group[chunk.spec] == index:
             bar.set_postfix_str(f"groups {plan.groups.index(chunk.spec) + 1}/{len(plan.groups)}")
 
@@ -283,6 +288,7 @@ def _compute_and_write(
         pending = None
         for index, chunk in enumerate(plan.chunks):
             outputs = dispatch(chunk, plan, devices)
+            log.debug("call %d/%d: dispatched %d runs (num_mc=%d)", index + 1, len(plan.chunks), chunk.size, chunk.spec.num_mc)
             if pending is not None:
                 write_chunk(*pending)
             pending = (index, outputs)

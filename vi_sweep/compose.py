@@ -13,11 +13,14 @@ derived from the override list (``hydra.overrides.task``, ``hydra.job.override_d
 
 :class:`TemplateComposer` wraps Hydra's config loader: the first job of each shape is composed by
 Hydra itself and kept as a template; every other job of that shape is a copy of the template
-with its value overrides applied by Hydra's own override code. The template is kept pickled:
-unpickling a composed config is about 6x faster than ``copy.deepcopy`` (0.4 vs 2.4 ms). Anything else (config
-group choices, ``+key``/``++key``/``~key``, ``hydra.*`` keys, keys that are not leaves) makes the
-override part of the shape, so such jobs fall back to a full composition. The result equals
-``load_sweep_config`` exactly (``tests/test_compose.py`` compares them node for node).
+with its value overrides applied by Hydra's own override code. Anything else (config group
+choices, ``+key``/``++key``/``~key``, ``hydra.*`` keys, dict or list values, which OmegaConf
+*merges* into the old value, keys that are not leaves) is part of the shape, so such jobs fall
+back to a full composition. The result equals ``load_sweep_config`` exactly
+(``tests/test_compose.py`` compares them node for node).
+
+The template is kept pickled: unpickling a composed config takes about 0.4 ms against 2.4 ms
+for ``copy.deepcopy``, and a derived job about 1.5 ms in all.
 
 No JAX here: Hydra plugins import this module at start-up.
 """
@@ -31,7 +34,7 @@ from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_d
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.object_type import ObjectType
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, OverrideType
+from hydra.core.override_parser.types import Override, OverrideType, ValueType
 from hydra.types import RunMode
 from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
 
@@ -51,8 +54,7 @@ class TemplateComposer(ConfigLoader):
         self._loader = loader
         self._parser = OverridesParser.create()
         self._templates: dict[Hashable, tuple[DictConfig, bytes]] = {}  # shape -> (master, pickled template)
-        self._parsed: dict[str, Override] = {}  # override string -> parsed (the same strings recur across jobs)
-        self._is_group: dict[str, bool] = {}
+        self._parsed: dict[str, tuple[Override, bool]] = {}  # override line -> (parsed, is a value override)
         self.full_compositions = 0  # how many jobs Hydra composed from scratch
         self.reused_compositions = 0  # how many were copied from a template
 
@@ -65,37 +67,34 @@ class TemplateComposer(ConfigLoader):
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
         """``load_sweep_config`` of the wrapped loader, computed from a template when possible."""
         parsed = [self._parse(line) for line in sweep_overrides]
-        shape = self._shape(master_config, parsed)
+        # Two jobs share a template if they agree in everything but their value overrides' values.
+        shape = (id(master_config),) + tuple(("value", o.key_or_group) if value else ("other", o.input_line) for o, value in parsed)
         master, template = self._templates.get(shape, (None, None))
         if master is not master_config:  # holding the master keeps its id from being reused
             cfg = self._loader.load_sweep_config(master_config, list(sweep_overrides))
             self.full_compositions += 1
-            if all(_is_leaf(cfg, o.key_or_group) for o in parsed if self._is_value_override(o)):
+            if all(_is_leaf(cfg, o.key_or_group) for o, value in parsed if value):
                 self._templates[shape] = (master_config, pickle.dumps(cfg))
             return cfg
         self.reused_compositions += 1
-        return _from_template(template, master_config, parsed, [o for o in parsed if self._is_value_override(o)])
+        return _from_template(template, master_config, [o for o, _ in parsed], [o for o, value in parsed if value])
 
-    def _parse(self, line: str) -> Override:
+    def _parse(self, line: str) -> tuple[Override, bool]:
+        """The parsed override and whether it is a value override (cached: the same lines recur across jobs)."""
         if line not in self._parsed:
-            (self._parsed[line],) = self._parser.parse_overrides([line])
+            (override,) = self._parser.parse_overrides([line])
+            self._parsed[line] = (override, self._is_value_override(override))
         return self._parsed[line]
 
     def _is_value_override(self, override: Override) -> bool:
-        """``key=value`` on a plain config key: applied after composition, never changes the defaults list."""
+        """``key=scalar`` on a config key: set after composition, never changes the defaults list."""
         if override.type != OverrideType.CHANGE or override.package is not None:
             return False
-        if override.is_sweep_override() or override.is_hydra_override():
+        if override.value_type != ValueType.ELEMENT or override.is_hydra_override():
             return False
-        key = override.key_or_group
-        if key not in self._is_group:
-            self._is_group[key] = bool(self._loader.get_group_options(key))
-        return not self._is_group[key]
-
-    def _shape(self, master_config: DictConfig, parsed: Sequence[Override]) -> Hashable:
-        """What two jobs must share to share a template: everything but their value overrides' values."""
-        master = (id(master_config), tuple(OmegaConf.to_container(master_config.hydra.overrides.hydra)))
-        return master + tuple(("value", o.key_or_group) if self._is_value_override(o) else ("other", o.input_line) for o in parsed)
+        if isinstance(override.value(), (dict, list)):  # merged into the old value, not set
+            return False
+        return not self._loader.get_group_options(override.key_or_group)
 
     # -- plain delegation -------------------------------------------------------------------
 
@@ -132,7 +131,7 @@ class TemplateComposer(ConfigLoader):
 
 
 def _is_leaf(cfg: DictConfig, key: str) -> bool:
-    value = OmegaConf.select(cfg, key, throw_on_missing=False)
+    value = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
     return not isinstance(value, Container)
 
 
