@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,6 +95,43 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(sweeps):
     assert "run/s" not in batched.stderr and "\r" not in batched.stderr
 
 
+def test_a_progress_bar_when_stderr_is_a_terminal(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while the child writes: a full pty buffer would block it
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: no writer left
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vi_sweep", "multirun", "lr=0.1,0.2", "num_mc=1,2", "grid=none", "steps=5", "d=2", f"hydra.sweep.dir={tmp_path}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=slave, env=env, timeout=600,
+    )
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    stderr = b"".join(chunks)
+    assert proc.returncode == 0
+    bar = stderr.decode(errors="replace")
+    assert "run/s" in bar and "4/4" in bar and "groups 2/2" in bar
+
+
 def test_rerunning_a_finished_sweep_computes_nothing_and_rewrites_nothing(sweeps, tmp_path):
     root, _ = sweeps
     sweep = tmp_path / "sweep"
@@ -127,6 +165,18 @@ def test_resume_recomputes_exactly_the_missing_partial_and_foreign_jobs(sweeps, 
     assert not list(sweep.glob("*/.metrics.parquet.*"))
     for key, job in jobs_by_fields(sweep).items():
         pd.testing.assert_frame_equal(pd.read_parquet(job / "metrics.parquet"), original[key], check_exact=True)
+
+
+def test_resume_finds_job_dirs_named_through_hydra_resolvers(tmp_path):
+    # The launcher must resolve each job's dir exactly as Hydra's run_job does, or resume misses it.
+    args = ("lr=0.1,0.2", "grid=none", "steps=5", "d=2", "hydra.sweep.subdir=run_${hydra:job.num}_${hydra.job.override_dirname}", f"hydra.sweep.dir={tmp_path}")
+    first = run_cli("multirun", *args)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.parquet")) == [
+        "run_0_d=2,grid=none,lr=0.1,steps=5", "run_1_d=2,grid=none,lr=0.2,steps=5",
+    ]
+    again = run_cli("multirun", *args)
+    assert summary(again.stdout)["resumed"] == 2
 
 
 def test_a_sweep_killed_mid_way_and_rerun_ends_with_exactly_an_uninterrupted_sweeps_data(tmp_path):
