@@ -1,0 +1,274 @@
+"""The reference-grid benchmark: the notebook's loop vs Hydra's basic launcher vs the batched launcher vs the floor.
+
+Reference grid (issue 3): d=100, steps=10000, log_every=100, init_log_sigma=-3, Adam,
+lr in {1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1}, num_mc in {1, 4, 16}, seeds 0-9: 180 runs.
+
+Measured side by side, each in its own process (so peak RSS is per measurement, from ``wait4``):
+
+1. **notebook** -- the seed notebook's ``run()`` (``tests/seed_notebook.py``, verbatim: a Python
+   loop of jitted steps, ``float()`` syncs at logged steps, printing to /dev/null). Each call
+   builds a new ``optax.adam`` and so recompiles its step, so for each num_mc runs of 100 and
+   2100 steps (best of 3 each) give ``time(steps) = per_run + steps * per_step``; the grid is
+   extrapolated as
+   ``sum over num_mc of 60 * time(10000)``.
+2. **basic** -- ``python -m vi_sweep multirun <grid> hydra/launcher=basic``, end to end.
+3. **batched** -- ``python -m vi_sweep multirun <grid>`` (the default launcher), end to end:
+   process start, composition, compile, training, 180 job dirs with parquet; ``cold`` with an
+   empty compilation cache, ``warm`` with the cache the cold run left, and warm again on one
+   CPU device (``hydra.launcher.cpu_devices=1``) to show what sharding over the cores buys.
+   Plus ``python -m vi_sweep report`` on the sweep when the analysis package is present.
+4. **floor** -- a ``jit(vmap(lax.scan))`` that only splits the keys and draws the same normals
+   (shape ``(num_mc, d)`` per step and run), sharded over the same devices as the launcher;
+   its compute time after compilation. The same process also times the trainer's batched
+   calls alone (``compute``), which separates training cost from Hydra's per-job cost.
+
+Usage (from the repo root)::
+
+    python benchmarks/bench_grid.py                 # the reference grid, prints a markdown table
+    python benchmarks/bench_grid.py --steps 1000 --skip-basic   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+NUM_MCS = (1, 4, 16)
+D, LOG_EVERY, INIT_LOG_SIGMA = 100, 100, -3.0
+
+
+def grid_overrides(steps: int, seeds: int) -> list[str]:
+    return [
+        "lr=" + ",".join(map(str, LRS)),
+        "num_mc=" + ",".join(map(str, NUM_MCS)),
+        f"seed=range(0,{seeds})",
+        f"d={D}",
+        f"steps={steps}",
+        f"log_every={LOG_EVERY}",
+        f"init_log_sigma={INIT_LOG_SIGMA}",
+        "optimizer=adam",
+        "grid=none",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements that run inside a child process (python bench_grid.py --part ...)
+# ---------------------------------------------------------------------------------------------
+
+
+def part_notebook(steps: int, seeds: int) -> dict:
+    """Per-run and per-step cost of the notebook's loop for each num_mc, extrapolated to the grid."""
+    import contextlib
+    import io
+
+    sys.path.insert(0, str(REPO))
+    from tests.seed_notebook import run
+
+    short, long = LOG_EVERY, LOG_EVERY + 2000  # the fit's two lengths: 2000 steps apart
+    fits = {}
+    for num_mc in NUM_MCS:
+        def timed(n: int) -> float:
+            started = time.perf_counter()
+            with contextlib.redirect_stdout(io.StringIO()):
+                run(mode="mc", seed=0, d=D, steps=n, lr=1e-2, num_mc=num_mc, init_log_sigma=INIT_LOG_SIGMA, log_every=LOG_EVERY)
+            return time.perf_counter() - started
+
+        timed(short)  # first call: JAX start-up and tracing caches
+        # Best of 3 for each length: other processes on a shared machine only ever add time.
+        t1 = min(timed(short) for _ in range(3))
+        t2 = min(timed(long) for _ in range(3))
+        per_step = max(t2 - t1, 0.0) / (long - short)
+        per_run = max(t1 - short * per_step, 0.0)
+        fits[num_mc] = {"per_step_us": per_step * 1e6, "per_run_s": per_run}
+    runs_per_num_mc = len(LRS) * seeds
+    grid_seconds = sum(runs_per_num_mc * (fit["per_run_s"] + steps * fit["per_step_us"] * 1e-6) for fit in fits.values())
+    return {"fits": fits, "grid_seconds": grid_seconds}
+
+
+def part_compute(steps: int, seeds: int, devices: int) -> dict:
+    """The floor (keys + normals only) and the trainer's batched calls alone, on ``devices`` CPU devices."""
+    import jax
+
+    if devices > 1:
+        jax.config.update("jax_num_cpu_devices", devices)
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    sys.path.insert(0, str(REPO))
+    from vi_sweep.trainer import as_hyper, make_train, split_fields
+
+    mesh_devices = jax.local_devices()
+    sharding = NamedSharding(Mesh(mesh_devices, ("runs",)), PartitionSpec("runs"))
+    runs = len(LRS) * seeds
+    pad = -runs % len(mesh_devices)
+
+    def floor_program(num_mc: int):
+        def one_run(seed):
+            def step(carry, _):
+                key, total = carry
+                key, subkey = jax.random.split(key)
+                eps = jax.random.normal(subkey, (num_mc, D))
+                return (key, total + jnp.sum(eps)), None  # consume the draw so XLA cannot drop it
+
+            (_, total), _ = jax.lax.scan(step, (jax.random.key(seed), jnp.zeros(())), None, length=steps)
+            return total
+
+        return jax.jit(jax.vmap(one_run))
+
+    def timed(fn, args) -> tuple[float, float]:
+        """(first call: compile + run, best of 3 further calls: run)."""
+        runs = []
+        for _ in range(4):
+            started = time.perf_counter()
+            jax.block_until_ready(fn(args))
+            runs.append(time.perf_counter() - started)
+        return runs[0], min(runs[1:])
+
+    out = {"devices": len(mesh_devices), "floor": {}, "compute": {}}
+    for num_mc in NUM_MCS:
+        seeds_arg = jax.device_put(np.arange(runs + pad, dtype=np.int32), sharding)
+        first, again = timed(floor_program(num_mc), seeds_arg)
+        out["floor"][num_mc] = {"compile_s": first - again, "run_s": again}
+
+        fields = [
+            dict(
+                objective="mc", estimator="reparam", optimizer="adam", target="standard_normal", d=D, steps=steps,
+                log_every=LOG_EVERY, init_log_sigma=INIT_LOG_SIGMA, optimizer_b1=0.9, optimizer_b2=0.999,
+                optimizer_eps=1e-8, optimizer_grad_clip=None, lr=lr, num_mc=num_mc, seed=seed,
+            )
+            for lr in LRS
+            for seed in range(seeds)
+        ]
+        fields += fields[-1:] * pad
+        spec = split_fields(fields[0])[0]
+        hyper = jax.device_put(as_hyper([split_fields(f)[1] for f in fields]), sharding)
+        first, again = timed(jax.jit(jax.vmap(make_train(spec))), hyper)
+        out["compute"][num_mc] = {"compile_s": first - again, "run_s": again}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
+
+
+def measure(argv: list[str], *, cwd: Path = REPO) -> dict:
+    """Run a child process; return its wall time, its own peak RSS (MiB, ``wait4``) and its output."""
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)  # reap it ourselves: rusage of this child only
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_grid: {' '.join(argv[:5])} ... failed ({proc.returncode}):\n{stderr[-2000:]}")
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": stdout, "stderr": stderr}  # ru_maxrss: KiB
+
+
+def child(part: str, *args: str) -> dict:
+    result = measure([sys.executable, str(Path(__file__).resolve()), "--part", part, *args])
+    result.update(json.loads(result["stdout"].strip().splitlines()[-1]))
+    return result
+
+
+def has_report() -> bool:
+    return (REPO / "analysis" / "report.py").exists()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--skip-basic", action="store_true", help="skip Hydra's basic launcher (the slow one)")
+    parser.add_argument("--part", choices=("notebook", "compute"), help=argparse.SUPPRESS)
+    parser.add_argument("--devices", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.part == "notebook":
+        print(json.dumps(part_notebook(args.steps, args.seeds)))
+        return 0
+    if args.part == "compute":
+        print(json.dumps(part_compute(args.steps, args.seeds, args.devices)))
+        return 0
+
+    sys.path.insert(0, str(REPO))
+    from vi_sweep.batched import available_cores
+
+    cores = available_cores()
+    load_before = os.getloadavg()[0]  # a shared machine: say how busy it was
+    grid = grid_overrides(args.steps, args.seeds)
+    runs = len(LRS) * len(NUM_MCS) * args.seeds
+    rows: list[tuple[str, float, float]] = []  # (what, seconds, peak RSS MiB)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench_grid_") as tmp:
+        tmp_path = Path(tmp)
+        cli = [sys.executable, "-m", "vi_sweep", "multirun", *grid]
+
+        notebook = child("notebook", "--steps", str(args.steps), "--seeds", str(args.seeds))
+        rows.append(("1. notebook loop (extrapolated)", notebook["grid_seconds"], notebook["peak_rss_mib"]))
+        for num_mc, fit in notebook["fits"].items():
+            notes.append(f"notebook num_mc={num_mc}: {fit['per_step_us']:.0f} us/step + {fit['per_run_s']:.2f} s/run (recompile per run)")
+
+        if not args.skip_basic:
+            basic = measure([*cli, "hydra/launcher=basic", f"hydra.sweep.dir={tmp_path / 'basic'}"])
+            rows.append(("2. multirun, basic launcher", basic["wall_s"], basic["peak_rss_mib"]))
+
+        cache = f"hydra.launcher.compilation_cache_dir={tmp_path / 'jax_cache'}"
+        cold = measure([*cli, cache, f"hydra.sweep.dir={tmp_path / 'cold'}"])
+        warm = measure([*cli, cache, f"hydra.sweep.dir={tmp_path / 'warm'}"])
+        one_device_cli = [*cli, cache, "hydra.launcher.cpu_devices=1"]
+        measure([*one_device_cli, f"hydra.sweep.dir={tmp_path / 'one_device_cold'}"])  # fills the cache for 1 device
+        one_device = measure([*one_device_cli, f"hydra.sweep.dir={tmp_path / 'one_device'}"])
+        for label, result in (("cold", cold), ("warm", warm), ("warm, 1 device", one_device)):
+            line = next(l for l in result["stdout"].splitlines() if l.startswith("vi_sweep: ") and " jobs (" in l)
+            notes.append(f"batched {label}: {line}")
+        report_s = 0.0
+        if has_report():
+            report = measure([sys.executable, "-m", "vi_sweep", "report", str(tmp_path / "cold")])
+            report_s = report["wall_s"]
+            notes.append(f"report: {report_s:.1f} s, peak {report['peak_rss_mib']:.0f} MiB")
+        else:
+            notes.append("report: analysis/report.py not in this checkout, not timed")
+        rows.append(("3a. multirun, batched launcher, cold cache (+ report)", cold["wall_s"] + report_s, cold["peak_rss_mib"]))
+        rows.append(("3b. multirun, batched launcher, warm cache (+ report)", warm["wall_s"] + report_s, warm["peak_rss_mib"]))
+        rows.append(("3c. as 3b on 1 CPU device (no sharding)", one_device["wall_s"] + report_s, one_device["peak_rss_mib"]))
+
+        compute = child("compute", "--steps", str(args.steps), "--seeds", str(args.seeds), "--devices", str(cores))
+        floor_s = sum(part["run_s"] for part in compute["floor"].values())
+        train_s = sum(part["run_s"] for part in compute["compute"].values())
+        rows.append(("   batched training calls alone (compiled)", train_s, compute["peak_rss_mib"]))
+        rows.append(("4. floor: split keys + draw normals (compiled)", floor_s, compute["peak_rss_mib"]))
+        notes.append(
+            "compile s per num_mc (trainer / floor): "
+            + ", ".join(f"{m}: {compute['compute'][m]['compile_s']:.1f} / {compute['floor'][m]['compile_s']:.1f}" for m in compute["floor"])
+        )
+
+    print(f"Reference grid: {runs} runs, d={D}, steps={args.steps}, log_every={LOG_EVERY}, Adam; "
+          f"{cores} CPU core(s), launcher and floor on {compute['devices']} device(s); "
+          f"load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}\n")
+    print("| measurement | seconds | vs notebook | vs floor | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|")
+    notebook_s = rows[0][1]
+    for what, seconds, rss in rows:
+        print(f"| {what} | {seconds:.1f} | {notebook_s / seconds:.1f}x faster | {seconds / floor_s:.2f}x | {rss:.0f} |")
+    print()
+    for note in notes:
+        print(f"- {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""``hydra/launcher=batched``: a whole vi_sweep sweep as one compiled program per shape.
+
+Hydra's launchers (basic, joblib, submitit) run each job on its own. A BBVI stability sweep is
+thousands of tiny runs that differ only in traced values (lr, seed, init_log_sigma, optimizer
+and target hyperparameters), so this launcher composes every job, groups jobs whose compiled
+shapes agree (:class:`vi_sweep.trainer.TrainSpec`) and runs each group as one
+``jit(vmap(train))`` call, then writes each job's directory through Hydra's own ``run_job``.
+The implementation is :mod:`vi_sweep.batched`, imported inside :meth:`BatchedLauncher.launch`:
+Hydra imports this module at every start-up, so it must stay free of JAX.
+
+It is vi_sweep-specific: it computes with :mod:`vi_sweep.trainer` and writes with
+:func:`vi_sweep.app.finish_job` instead of calling the task function.
+"""
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+@dataclass
+class BatchedLauncherConf:
+    """Every key of ``hydra.launcher`` when ``hydra/launcher=batched``.
+
+    max_batch_floats
+        Memory budget of one compiled call, in float32 values (default 2**27 = 512 MiB):
+        a group whose runs need more (``vi_sweep.sweep_plan.floats_per_run``, about
+        ``4 num_mc d + 16 d`` each) is split into equal chunks. Two chunks can be in flight.
+    max_runs_per_call
+        Optional cap on the runs of one call (null: the budget alone decides).
+    cpu_devices
+        Number of devices JAX exposes on the CPU platform (``jax_num_cpu_devices``); null: one
+        per core this process may use. With ``shard`` each device runs its share of a call's
+        runs on its own thread. Only takes effect if JAX is not initialised yet.
+    shard
+        Split each call's batch of runs over all local devices (``jax.sharding``; CPU devices
+        from ``cpu_devices``, or the GPUs).
+    compilation_cache_dir
+        JAX's persistent compilation cache, so a repeated sweep does not recompile; a relative
+        path is relative to the directory the sweep was started from. null disables it.
+    progress
+        Show a progress bar on stderr (only when stderr is a terminal).
+    resume
+        Skip jobs whose ``metrics.parquet`` is complete and records the job's own config.
+    """
+
+    _target_: str = "hydra_plugins.vi_sweep_launcher.vi_sweep_launcher.BatchedLauncher"
+    max_batch_floats: int = 2**27
+    max_runs_per_call: Optional[int] = None
+    cpu_devices: Optional[int] = None
+    shard: bool = True
+    compilation_cache_dir: Optional[str] = "outputs/.jax_cache"
+    progress: bool = True
+    resume: bool = True
+
+
+ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="vi_sweep")
+
+
+class BatchedLauncher(Launcher):
+    """Hydra launcher running vi_sweep jobs in vmapped batches (see :mod:`vi_sweep.batched`)."""
+
+    def __init__(self, **options) -> None:
+        super().__init__()
+        self.options = options
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from vi_sweep.compose import TemplateComposer
+
+        # The sweeper shares this context and composes every job once more to validate the
+        # batch; with the template composer both passes cost a deep copy per job, not a full
+        # composition (the configs are equal, see vi_sweep.compose).
+        if not isinstance(hydra_context.config_loader, TemplateComposer):
+            hydra_context.config_loader = TemplateComposer(hydra_context.config_loader)
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+        self.config = config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from vi_sweep.batched import LauncherOptions, launch
+
+        assert self.hydra_context is not None and self.config is not None
+        return launch(
+            hydra_context=self.hydra_context,
+            config=self.config,
+            job_overrides=job_overrides,
+            initial_job_idx=initial_job_idx,
+            options=LauncherOptions(**self.options),
+        )

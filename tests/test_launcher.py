@@ -1,0 +1,264 @@
+"""The batched launcher end to end, in real processes: same files as the basic launcher and the
+notebook's loop, one compile per shape, resume, SIGKILL safety, divergence as data, discovery."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, run_cli
+from tests.seed_notebook import reference_rows
+from vi_sweep.results import read_fields
+
+pytestmark = pytest.mark.slow
+
+# 16 jobs: 8 exact (only 2 distinct: the exact KL ignores num_mc and seed) + 2 mc shapes x 4 runs.
+GRID = ("objective=exact,mc", "lr=0.05,0.3", "num_mc=1,3", "seed=0,1", "d=5", "steps=40", "log_every=10", "init_log_sigma=-3", "grid=none")
+SUMMARY = re.compile(r"vi_sweep: (\d+) jobs \((\d+) computed, (\d+) resumed\) in (\d+) groups, (\d+) compiles, [\d.]+ s")
+
+
+def summary(stdout: str) -> dict[str, int]:
+    match = SUMMARY.search(stdout)
+    assert match, stdout
+    return dict(zip(("jobs", "computed", "resumed", "groups", "compiles"), map(int, match.groups())))
+
+
+def jobs_by_fields(sweep: Path) -> dict[tuple, Path]:
+    """Job dirs keyed by (objective, lr, num_mc, seed), so two sweeps compare whatever their job order."""
+    out = {}
+    for path in sorted(sweep.glob("*/metrics.parquet")):
+        f = read_fields(path)
+        out[(f["objective"], f["lr"], f["num_mc"], f["seed"])] = path.parent
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory):
+    """The same grid through the basic launcher and the batched one (chunks of 2 runs, no compile cache)."""
+    root = tmp_path_factory.mktemp("sweeps")
+    basic = run_cli("multirun", *GRID, "hydra/launcher=basic", f"hydra.sweep.dir={root / 'basic'}")
+    assert basic.returncode == 0, basic.stderr
+    batched = run_cli(
+        "multirun", *GRID, "hydra.launcher.max_runs_per_call=2", "hydra.launcher.compilation_cache_dir=null", f"hydra.sweep.dir={root / 'batched'}"
+    )
+    assert batched.returncode == 0, batched.stderr
+    return root, batched
+
+
+def test_each_batched_job_equals_the_same_job_run_by_the_basic_launcher(sweeps):
+    root, _ = sweeps
+    basic, batched = jobs_by_fields(root / "basic"), jobs_by_fields(root / "batched")
+    assert len(batched) == 16 and batched.keys() == basic.keys()
+    for key, job in batched.items():
+        a, b = pd.read_parquet(basic[key] / "metrics.parquet"), pd.read_parquet(job / "metrics.parquet")
+        pd.testing.assert_frame_equal(b, a, rtol=1e-5, atol=1e-6)  # float32 round-off: vmapped vs single
+        meta_a, meta_b = pq.read_schema(basic[key] / "metrics.parquet").metadata, pq.read_schema(job / "metrics.parquet").metadata
+        assert meta_b[b"vi_sweep.config"] == meta_a[b"vi_sweep.config"] and meta_b[b"vi_sweep.fields"] == meta_a[b"vi_sweep.fields"]
+        for name in ("config.yaml", "overrides.yaml"):
+            assert (job / ".hydra" / name).read_text() == (basic[key] / ".hydra" / name).read_text()
+        assert (job / ".hydra" / "hydra.yaml").exists() and (job / "vi_sweep.log").exists()
+        assert job.name == basic[key].name  # same hydra.job.num -> same subdir
+
+
+def test_a_batched_job_equals_the_notebooks_loop(sweeps):
+    root, _ = sweeps
+    jobs = jobs_by_fields(root / "batched")
+    for objective, num_mc in (("mc", 3), ("exact", 1)):
+        frame = pd.read_parquet(jobs[(objective, 0.05, num_mc, 1)] / "metrics.parquet")
+        mode = "exact" if objective == "exact" else "mc"
+        ref = reference_rows(mode=mode, seed=1, d=5, steps=40, lr=0.05, num_mc=num_mc, init_log_sigma=-3.0, log_every=10)
+        assert frame["step"].tolist() == ref["step"].tolist()
+        for column in ("loss", "kl", "mu_norm", "sigma_mean", "sigma_std", "sigma_min"):
+            assert frame[column].to_numpy() == pytest.approx(ref[column], rel=1e-4, abs=1e-5), column
+
+
+def test_one_compile_per_shape_and_exact_jobs_computed_once(sweeps):
+    _, batched = sweeps
+    # 3 shapes (exact, mc x num_mc=1, mc x num_mc=3) cut into 2-run chunks: 5 calls, 3 programs.
+    assert summary(batched.stdout) == {"jobs": 16, "computed": 16, "resumed": 0, "groups": 3, "compiles": 3}
+    assert re.search(r"16 jobs -> 10 distinct runs in 3 groups, 5 calls", batched.stdout + batched.stderr)
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(sweeps):
+    _, batched = sweeps
+    assert "run/s" not in batched.stderr and "\r" not in batched.stderr
+
+
+def test_a_progress_bar_when_stderr_is_a_terminal(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read while the child writes: a full pty buffer would block it
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: no writer left
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vi_sweep", "multirun", "lr=0.1,0.2", "num_mc=1,2", "grid=none", "steps=5", "d=2", f"hydra.sweep.dir={tmp_path}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=slave, env=env, timeout=600,
+    )
+    os.close(slave)
+    reader.join(timeout=10)
+    os.close(master)
+    stderr = b"".join(chunks)
+    assert proc.returncode == 0
+    bar = stderr.decode(errors="replace")
+    assert "run/s" in bar and "4/4" in bar and "groups 2/2" in bar
+
+
+def test_rerunning_a_finished_sweep_computes_nothing_and_rewrites_nothing(sweeps, tmp_path):
+    root, _ = sweeps
+    sweep = tmp_path / "sweep"
+    shutil.copytree(root / "batched", sweep)
+    before = {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.parquet")}
+    rerun = run_cli("multirun", *GRID, f"hydra.sweep.dir={sweep}")
+    assert rerun.returncode == 0, rerun.stderr
+    assert summary(rerun.stdout) == {"jobs": 16, "computed": 0, "resumed": 16, "groups": 0, "compiles": 0}
+    assert {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.parquet")} == before
+    assert "vi_sweep: 16 runs written to" in rerun.stdout
+
+
+def test_resume_recomputes_exactly_the_missing_partial_and_foreign_jobs(sweeps, tmp_path):
+    root, _ = sweeps
+    sweep = tmp_path / "sweep"
+    shutil.copytree(root / "batched", sweep)
+    jobs = jobs_by_fields(sweep)
+    original = {key: pd.read_parquet(job / "metrics.parquet") for key, job in jobs.items()}
+    missing, partial, foreign = jobs[("mc", 0.05, 1, 0)], jobs[("mc", 0.05, 1, 1)], jobs[("mc", 0.3, 1, 0)]
+    (missing / "metrics.parquet").unlink()
+    (missing / ".metrics.parquet.abc123.tmp").write_bytes(b"PAR1 half")  # a write killed half-way
+    data = (partial / "metrics.parquet").read_bytes()
+    (partial / "metrics.parquet").write_bytes(data[: len(data) // 2])  # e.g. copied by a non-atomic tool
+    shutil.copy(jobs[("mc", 0.3, 3, 0)] / "metrics.parquet", foreign / "metrics.parquet")  # another job's file
+    untouched = {p: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.parquet") if p.parent not in (missing, partial, foreign)}
+
+    rerun = run_cli("multirun", *GRID, "hydra.launcher.max_runs_per_call=2", "hydra.launcher.compilation_cache_dir=null", f"hydra.sweep.dir={sweep}")
+    assert rerun.returncode == 0, rerun.stderr
+    assert summary(rerun.stdout) == {"jobs": 16, "computed": 3, "resumed": 13, "groups": 1, "compiles": 1}
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    assert not list(sweep.glob("*/.metrics.parquet.*"))
+    for key, job in jobs_by_fields(sweep).items():
+        pd.testing.assert_frame_equal(pd.read_parquet(job / "metrics.parquet"), original[key], check_exact=True)
+
+
+def test_resume_finds_job_dirs_named_through_hydra_resolvers(tmp_path):
+    # The launcher must resolve each job's dir exactly as Hydra's run_job does, or resume misses it.
+    args = ("lr=0.1,0.2", "grid=none", "steps=5", "d=2", "hydra.sweep.subdir=run_${hydra:job.num}_${hydra.job.override_dirname}", f"hydra.sweep.dir={tmp_path}")
+    first = run_cli("multirun", *args)
+    assert first.returncode == 0, first.stderr
+    assert sorted(p.parent.name for p in tmp_path.glob("*/metrics.parquet")) == [
+        "run_0_d=2,grid=none,lr=0.1,steps=5", "run_1_d=2,grid=none,lr=0.2,steps=5",
+    ]
+    again = run_cli("multirun", *args)
+    assert summary(again.stdout)["resumed"] == 2
+
+
+def test_a_sweep_killed_mid_way_and_rerun_ends_with_exactly_an_uninterrupted_sweeps_data(tmp_path):
+    # One shape, 2 runs per call, long runs: jobs appear every fraction of a second.
+    grid = ("lr=0.01,0.03,0.1,0.3", "seed=0,1,2", "num_mc=1", "d=2", "steps=40000", "log_every=10000", "grid=none", "hydra.launcher.max_runs_per_call=2")
+    cache = f"hydra.launcher.compilation_cache_dir={tmp_path / 'cache'}"
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = dict(os.environ)
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vi_sweep", "multirun", *grid, cache, f"hydra.sweep.dir={killed}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(killed.glob("*/metrics.parquet"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = list(killed.glob("*/metrics.parquet"))
+    assert 2 <= len(done) < 12, f"{len(done)} jobs written before SIGKILL: the sweep must be killed mid-way"
+    assert all(read_fields(p) is not None for p in done)  # every file there is complete
+
+    rerun = run_cli("multirun", *grid, cache, f"hydra.sweep.dir={killed}")
+    assert rerun.returncode == 0, rerun.stderr
+    counts = summary(rerun.stdout)
+    assert counts["resumed"] == len(done) and counts["computed"] == 12 - len(done)
+    uninterrupted = run_cli("multirun", *grid, cache, f"hydra.sweep.dir={clean}")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+
+    names = sorted(p.parent.name for p in clean.glob("*/metrics.parquet"))
+    assert sorted(p.parent.name for p in killed.glob("*/metrics.parquet")) == names and len(names) == 12
+    assert not list(killed.glob("*/.metrics.parquet.*"))
+    for name in names:
+        a, b = pq.read_table(killed / name / "metrics.parquet"), pq.read_table(clean / name / "metrics.parquet")
+        assert a.equals(b), name  # same values, bit for bit
+        assert a.schema.metadata[b"vi_sweep.config"] == b.schema.metadata[b"vi_sweep.config"]
+
+
+def test_a_diverged_run_is_data_and_the_sweep_succeeds(tmp_path):
+    result = run_cli(
+        "multirun", "optimizer=sgd", "lr=0.01,50", "d=10", "steps=200", "log_every=50", "grid=none",
+        "hydra.launcher.compilation_cache_dir=null", f"hydra.sweep.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr
+    frames = {float(pd.read_parquet(p)["lr"].iloc[0]): pd.read_parquet(p) for p in tmp_path.glob("*/metrics.parquet")}
+    assert (frames[50.0]["status"] == "diverged").all() and 1 <= frames[50.0]["diverged_at"].iloc[0] <= 200
+    assert (frames[0.01]["status"] == "ok").all()
+    assert summary(result.stdout)["computed"] == 2
+
+
+def test_an_invalid_value_from_a_composed_config_is_one_line_and_leaves_nothing(tmp_path):
+    # The grid lives in hydra.sweeper.params: the command-line pre-check cannot see its values.
+    sweep = tmp_path / "sweep"
+    result = run_cli("multirun", 'hydra.sweeper.params.lr="0.1,-0.1"', "steps=5", "d=2", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vi_sweep: error: lr=-0.1 is invalid: must be a finite number > 0 (job ")
+    assert not sweep.exists()
+
+
+def test_an_invalid_launcher_option_is_one_line(tmp_path):
+    result = run_cli("multirun", "lr=0.1", "grid=none", "hydra.launcher.max_batch_floats=0", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "vi_sweep: error: hydra.launcher.max_batch_floats=0 is invalid: must be an integer >= 1"
+
+
+@pytest.mark.parametrize("where", ["repo", "elsewhere"])
+def test_the_launcher_plugin_is_discovered(where, tmp_path):
+    # From another directory the package comes from PYTHONPATH (this checkout), and the plugin
+    # must be found among the other distributions' hydra_plugins (namespace package).
+    env = {"PYTHONPATH": str(REPO)} if where == "elsewhere" else None
+    result = run_cli("--info", "plugins", cwd=REPO if where == "repo" else tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    launchers = result.stdout.split("Launcher:")[1].split("Sweeper:")[0]
+    assert "BatchedLauncher" in launchers and "BasicLauncher" in launchers
+
+
+def test_importing_the_plugin_does_not_import_jax():
+    # Hydra imports every plugin at start-up, for every command.
+    code = "import sys, hydra_plugins.vi_sweep_launcher.vi_sweep_launcher; print('jax' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

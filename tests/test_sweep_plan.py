@@ -1,0 +1,79 @@
+"""Sweep planning: deduplication, grouping by compiled shape, chunking within a budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from vi_sweep.sweep_plan import chunk_size, floats_per_run, plan_sweep
+from vi_sweep.trainer import split_fields
+
+
+def fields(**overrides):
+    base = dict(
+        objective="mc", estimator="reparam", num_mc=4, optimizer="adam", target="standard_normal",
+        d=10, steps=60, log_every=20, lr=1e-2, seed=0, init_log_sigma=-2.0,
+        optimizer_b1=0.9, optimizer_b2=0.999, optimizer_eps=1e-8, optimizer_grad_clip=None,
+    )
+    base.update(overrides)
+    return base
+
+
+def jobs(*many):
+    return [split_fields(f) for f in many]
+
+
+def test_exact_jobs_differing_only_in_seed_num_mc_or_estimator_are_computed_once():
+    grid = [fields(objective="exact", seed=s, num_mc=m, estimator=e, lr=lr) for s in (0, 1, 2) for m in (1, 8) for e in ("reparam", "stl") for lr in (0.1, 0.2)]
+    plan = plan_sweep(jobs(*grid), max_batch_floats=10**9)
+    assert len(plan.computations) == 2  # one per lr
+    assert sorted(j for c in plan.computations for j in c.jobs) == list(range(len(grid)))
+    for c in plan.computations:
+        assert {grid[j]["lr"] for j in c.jobs} == {c.traced["lr"]}
+
+
+def test_mc_jobs_with_different_seeds_are_distinct_and_identical_jobs_are_shared():
+    grid = [fields(seed=0), fields(seed=1), fields(seed=0)]
+    plan = plan_sweep(jobs(*grid), max_batch_floats=10**9)
+    assert [c.jobs for c in plan.computations] == [(0, 2), (1,)]
+
+
+def test_groups_follow_the_compiled_shape_in_order_of_appearance():
+    grid = [fields(num_mc=1), fields(num_mc=4), fields(num_mc=1, lr=0.3), fields(num_mc=4, d=11), fields(optimizer_grad_clip=1.0)]
+    plan = plan_sweep(jobs(*grid), max_batch_floats=10**9)
+    assert [(g.num_mc, g.d) for g in plan.groups] == [(1, 10), (4, 10), (4, 11), (4, 10)]
+    assert [c.real for c in plan.chunks] == [2, 1, 1, 1]
+    assert all(len({plan.computations[i].spec for i in c.computations}) == 1 for c in plan.chunks)
+
+
+def test_a_group_over_budget_is_cut_into_equal_padded_chunks():
+    grid = [fields(seed=s) for s in range(10)]
+    spec = split_fields(grid[0])[0]
+    per_run = floats_per_run(spec)
+    plan = plan_sweep(jobs(*grid), max_batch_floats=4 * per_run)
+    assert [c.size for c in plan.chunks] == [4, 4, 4]  # one compiled shape
+    assert [c.real for c in plan.chunks] == [4, 4, 2]
+    assert plan.chunks[-1].computations == (8, 9, 9, 9)  # padded by repeating the last run
+    assert [i for c in plan.chunks for i in c.computations[: c.real]] == list(range(10))
+
+
+def test_floats_per_run_counts_draws_coordinates_and_rows():
+    spec = split_fields(fields(num_mc=8, d=100, steps=1000, log_every=100))[0]
+    assert floats_per_run(spec) == 4 * 8 * 100 + 16 * 100 + 10 * 11
+
+
+@pytest.mark.parametrize(
+    "n, per_run, budget, cap, devices, expected",
+    [
+        (60, 10, 10**6, None, 1, 60),  # fits: one call
+        (60, 10, 10**6, None, 2, 60),
+        (61, 10, 10**6, None, 2, 62),  # fits: padded up to a multiple of the devices
+        (60, 10, 250, None, 1, 25),  # over budget: 25 runs per call
+        (60, 10, 250, None, 2, 24),  # ... cut down to a multiple of the devices
+        (60, 10, 10**6, 7, 1, 7),  # the per-call cap
+        (60, 10**9, 10, None, 1, 1),  # one run over budget still runs, alone
+        (60, 10**9, 10, None, 4, 4),  # ... one per device
+        (3, 10, 10**6, None, 8, 8),  # more devices than runs: pad
+    ],
+)
+def test_chunk_size(n, per_run, budget, cap, devices, expected):
+    assert chunk_size(n, per_run, max_batch_floats=budget, max_runs_per_call=cap, multiple_of=devices) == expected

@@ -1,0 +1,442 @@
+"""The batched launcher's body: a whole sweep as one compiled program per shape.
+
+:class:`hydra_plugins.vi_sweep_launcher.vi_sweep_launcher.BatchedLauncher` imports this module
+inside ``launch()``, so JAX loads here and never at Hydra start-up. One ``launch`` call:
+
+1. **Compose and validate** every job (``load_sweep_config``; fast through
+   :class:`vi_sweep.compose.TemplateComposer`). Any :class:`~vi_sweep.config.ConfigError` is one
+   line ``vi_sweep: error: ...`` on stderr and exit code 2; a sweep directory that held nothing
+   but Hydra's ``multirun.yaml`` is removed again, so a rejected sweep leaves nothing behind.
+2. **Resume**: a job whose ``<job dir>/metrics.parquet`` is complete
+   (:func:`vi_sweep.results.read_fields`) and records the job's own fields is not recomputed
+   and not rewritten; it is returned as COMPLETED.
+3. **Plan** (:mod:`vi_sweep.sweep_plan`): deduplicate, group by
+   :class:`~vi_sweep.trainer.TrainSpec`, cut groups into chunks within ``max_batch_floats``,
+   padded to a multiple of the device count.
+4. **Run** each chunk as ``jitted_batch_train(spec)(hyper)`` with the batch axis sharded over
+   the local devices. Dispatch is asynchronous: chunk k+1 is compiled and started before the
+   rows of chunk k are written, so writing overlaps computing.
+5. **Write** each job through Hydra's own ``run_job`` (job dir, ``.hydra/``, job log,
+   callbacks) with a task that only calls :func:`vi_sweep.app.finish_job` on the job's slice,
+   so a batched job's files are those of the same job run alone. A diverged run is data
+   (``status = diverged``), never a failed job.
+
+At the end one line: ``vi_sweep: N jobs (M computed, K resumed) in G groups, C compiles, W s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vi_sweep.app import finish_job, job_fields, job_scenario, quiet_jax_logs
+from vi_sweep.config import ConfigError
+from vi_sweep.results import METRICS_FILE, read_fields
+
+log = logging.getLogger(__name__)
+
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch.BACKEND_COMPILE_EVENT
+
+
+@dataclass(frozen=True)
+class LauncherOptions:
+    """The launcher's knobs (documented on ``BatchedLauncherConf``)."""
+
+    max_batch_floats: int = 2**27
+    max_runs_per_call: Optional[int] = None
+    cpu_devices: Optional[int] = None
+    shard: bool = True
+    compilation_cache_dir: Optional[str] = "outputs/.jax_cache"
+    progress: bool = True
+    resume: bool = True
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad ``hydra.launcher.*`` value."""
+        positive = {"max_batch_floats": self.max_batch_floats, "max_runs_per_call": self.max_runs_per_call, "cpu_devices": self.cpu_devices}
+        for name, value in positive.items():
+            optional = name != "max_batch_floats"
+            if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                continue
+            allowed = ("null or " if optional else "") + "an integer >= 1"
+            raise ConfigError(f"hydra.launcher.{name}={value!r} is invalid: must be {allowed}")
+
+
+@dataclass
+class Job:
+    """One job of the sweep. Its composed config is not kept (about 100 kB each): it is composed
+    again, from a template, when the job is written."""
+
+    num: int  # hydra.job.num
+    overrides: Sequence[str]
+    fields: dict[str, Any]
+    out_dir: Path
+    resumed: Optional[JobReturn] = None  # set if its metrics.parquet is already complete
+
+
+@dataclass
+class SweepCounters:
+    compiled: int = 0  # XLA compilations (persistent-cache hits excluded)
+    cache_hits: int = 0  # programs loaded from the persistent compilation cache
+
+
+def launch(
+    *,
+    hydra_context: HydraContext,
+    config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    options: LauncherOptions,
+) -> list[JobReturn]:
+    """Run one batch of a Hydra sweep; return one :class:`JobReturn` per job, in order."""
+    started = time.perf_counter()
+    setup_globals()
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    try:
+        options.check()
+        jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, resume=options.resume)
+    except ConfigError as err:
+        _abandon_fresh_sweep_dir(sweep_dir)
+        print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    log.info("Launching %d jobs in batches (vi_sweep batched launcher); composed in %.1f s", len(jobs), time.perf_counter() - started)
+
+    returns = {position: job.resumed for position, job in enumerate(jobs) if job.resumed is not None}
+    todo = [position for position in range(len(jobs)) if position not in returns]
+
+    counters, groups = SweepCounters(), 0
+    if todo:
+        counters, groups = _compute_and_write(hydra_context, config, jobs, todo, returns, options)
+    elapsed = time.perf_counter() - started
+    print(
+        f"vi_sweep: {len(jobs)} jobs ({len(todo)} computed, {len(jobs) - len(todo)} resumed) in {groups} groups, "
+        f"{counters.compiled} compiles, {elapsed:.1f} s",
+        flush=True,
+    )
+    return [returns[position] for position in range(len(jobs))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition, validation, resume
+# ---------------------------------------------------------------------------------------------
+
+
+def compose_jobs(
+    hydra_context: HydraContext,
+    config: DictConfig,
+    job_overrides: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    *,
+    resume: bool,
+) -> list[Job]:
+    """Compose and validate every job (raises :class:`ConfigError` on the first invalid one).
+
+    With ``resume``, a job whose ``metrics.parquet`` is complete and records the same fields gets
+    its COMPLETED :class:`JobReturn` here, while its config is at hand.
+    """
+    jobs = []
+    for offset, overrides in enumerate(job_overrides):
+        num = initial_job_idx + offset
+        cfg = compose_job(hydra_context, config, overrides, num)
+        with _as_current_hydra_config(cfg):  # interpolations such as ${hydra:job.num} read it
+            task_values = {key: _plain(cfg[key]) for key in cfg if key != "hydra"}
+            out_dir = Path(os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir))))
+        try:
+            fields = job_fields(task_values)
+        except ConfigError as err:
+            raise ConfigError(f"{err} (job {num}: {' '.join(filter_overrides(overrides))})") from None
+        job = Job(num, list(overrides), fields, out_dir)
+        if resume:
+            summary = completed_summary(job)
+            if summary is not None:
+                job.resumed = resumed_return(cfg, summary)
+        jobs.append(job)
+    return jobs
+
+
+def compose_job(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str], num: int) -> DictConfig:
+    """The job's full config, as Hydra's basic launcher composes it."""
+    cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(cfg):
+        cfg.hydra.job.id = num
+        cfg.hydra.job.num = num
+    return cfg
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+@contextlib.contextmanager
+def _as_current_hydra_config(cfg: DictConfig):
+    """Make ``cfg`` the current :class:`HydraConfig` for resolving ``${hydra:...}``; restore the previous one.
+
+    ``HydraConfig.get()`` returns ``cfg.hydra`` of whatever it holds; ``set_config`` would also
+    take a masked copy (~3 ms a job), which ``run_job`` does anyway when the job is written.
+    """
+    hydra_config = HydraConfig.instance()
+    previous = hydra_config.cfg
+    hydra_config.cfg = cfg
+    try:
+        yield
+    finally:
+        hydra_config.cfg = previous
+
+
+def _abandon_fresh_sweep_dir(sweep_dir: Path) -> None:
+    """Remove a sweep dir that the sweeper created for this rejected sweep (only ``multirun.yaml`` in it)."""
+    if sweep_dir.is_dir() and [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+        (sweep_dir / "multirun.yaml").unlink()
+        sweep_dir.rmdir()
+
+
+def completed_summary(job: Job) -> Optional[dict[str, Any]]:
+    """The summary of a finished ``metrics.parquet`` that belongs to this job, else None."""
+    path = job.out_dir / METRICS_FILE
+    if not path.exists():
+        return None
+    if read_fields(path) != json.loads(json.dumps(job.fields)):
+        return None
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["kl", "diverged_at"])
+    diverged_at = table.column("diverged_at")[-1].as_py() or 0
+    return {
+        "status": "diverged" if diverged_at else "ok",
+        "diverged_at": int(diverged_at),
+        "final_kl": float(table.column("kl")[-1].as_py()),
+        "metrics": str(path),
+    }
+
+
+def resumed_return(cfg: DictConfig, summary: dict[str, Any]) -> JobReturn:
+    """A COMPLETED :class:`JobReturn` (as ``run_job`` would build it) for a job already on disk."""
+    ret = JobReturn(
+        overrides=list(OmegaConf.to_container(cfg.hydra.overrides.task)),
+        cfg=OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]),
+        hydra_cfg=OmegaConf.masked_copy(cfg, ["hydra"]),
+        working_dir=os.getcwd(),
+        task_name=str(cfg.hydra.job.name),
+        status=JobStatus.COMPLETED,
+    )
+    ret.return_value = summary
+    return ret
+
+
+# ---------------------------------------------------------------------------------------------
+# Computing
+# ---------------------------------------------------------------------------------------------
+
+
+def _compute_and_write(
+    hydra_context: HydraContext,
+    config: DictConfig,
+    jobs: list[Job],
+    todo: list[int],
+    returns: dict[int, JobReturn],
+    options: LauncherOptions,
+) -> tuple[SweepCounters, int]:
+    """Plan the jobs in ``todo``, run every chunk, write every job; fill ``returns``."""
+    quiet_jax_logs()
+    devices = init_jax(options, cwd=Path(str(config.hydra.runtime.cwd)))
+    from vi_sweep.sweep_plan import plan_sweep
+    from vi_sweep.trainer import split_fields
+
+    plan = plan_sweep(
+        [split_fields(jobs[position].fields) for position in todo],
+        max_batch_floats=options.max_batch_floats,
+        max_runs_per_call=options.max_runs_per_call,
+        multiple_of=len(devices),
+    )
+    log.info(
+        "%d jobs -> %d distinct runs in %d groups, %d calls on %d device(s)",
+        len(todo), len(plan.computations), len(plan.groups), len(plan.chunks), len(devices),
+    )
+    last_chunk_of_group = {chunk.spec: index for index, chunk in enumerate(plan.chunks)}
+    counters = SweepCounters()
+    stop_counting = _count_compiles(counters)
+    bar = _progress_bar(len(todo), len(plan.groups), options.progress)
+
+    def write_chunk(index: int, outputs) -> None:
+        chunk = plan.chunks[index]
+        log.debug("call %d/%d: waiting for %d runs", index + 1, len(plan.chunks), chunk.size)
+        for slot, rows, diverged_at in _chunk_rows(chunk, outputs):
+            for job_in_plan in plan.computations[chunk.computations[slot]].jobs:
+                position = todo[job_in_plan]
+                returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at)
+                bar.update(1)
+        # run_job leaves the last job's logging in place; give the launcher its own back (as the
+        # basic launcher does), so its lines do not land in that job's log file.
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+        log.debug("call %d/%d: %d jobs written", index + 1, len(plan.chunks), chunk.real)
+        if last_chunk_of_group[chunk.spec] == index:
+            bar.set_postfix_str(f"groups {plan.groups.index(chunk.spec) + 1}/{len(plan.groups)}")
+
+    try:
+        # Start chunk k+1 (compiling it if new) before writing chunk k: XLA computes on its own
+        # threads while this one writes job directories.
+        pending = None
+        for index, chunk in enumerate(plan.chunks):
+            outputs = dispatch(chunk, plan, devices)
+            log.debug("call %d/%d: dispatched %d runs (num_mc=%d)", index + 1, len(plan.chunks), chunk.size, chunk.spec.num_mc)
+            if pending is not None:
+                write_chunk(*pending)
+            pending = (index, outputs)
+        if pending is not None:
+            write_chunk(*pending)
+    finally:
+        bar.close()
+        stop_counting()
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return counters, len(plan.groups)
+
+
+def init_jax(options: LauncherOptions, *, cwd: Path) -> list:
+    """Configure JAX for the sweep (CPU device count, persistent cache); return the devices to shard over."""
+    import jax
+
+    cpu_devices = options.cpu_devices or available_cores()
+    if cpu_devices > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", cpu_devices)
+        except RuntimeError:  # JAX already initialised in this process (e.g. called from a notebook)
+            if options.cpu_devices is not None:
+                log.warning("JAX is already initialised: hydra.launcher.cpu_devices=%d has no effect", cpu_devices)
+    if options.compilation_cache_dir is not None:
+        cache_dir = Path(options.compilation_cache_dir)
+        cache_dir = cache_dir if cache_dir.is_absolute() else cwd / cache_dir
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir))
+        # Cache every program: a sweep's programs compile in about a second, JAX's default threshold.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return jax.local_devices() if options.shard else jax.local_devices()[:1]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def dispatch(chunk, plan, devices) -> tuple:
+    """Start one chunk (compiling on first use); returns ``(state, rows)`` futures."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from vi_sweep.trainer import as_hyper, jitted_batch_train
+
+    hyper = as_hyper([plan.computations[position].traced for position in chunk.computations])
+    if len(devices) > 1:
+        sharding = NamedSharding(Mesh(devices, ("runs",)), PartitionSpec("runs"))
+        hyper = jax.device_put(hyper, sharding)
+    return jitted_batch_train(chunk.spec)(hyper)
+
+
+def _chunk_rows(chunk, outputs):
+    """Block on a chunk's outputs; yield ``(slot, rows, diverged_at)`` for its real (unpadded) runs."""
+    import numpy as np
+
+    from vi_sweep.trainer import logged_steps
+
+    state, rows = outputs
+    diverged_at = np.asarray(state.diverged_at)
+    columns = {name: np.asarray(value) for name, value in rows._asdict().items()}
+    steps = logged_steps(chunk.spec.steps, chunk.spec.log_every)
+    for slot in range(chunk.real):
+        yield slot, {"step": steps, **{name: values[slot] for name, values in columns.items()}}, int(diverged_at[slot])
+
+
+def write_job(hydra_context: HydraContext, config: DictConfig, job: Job, rows: dict, diverged_at: int) -> JobReturn:
+    """Hydra's ``run_job`` for one job (composed again), with a task that writes its precomputed rows."""
+
+    def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
+        _quiet_console()
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        for stale in out_dir.glob(f".{METRICS_FILE}.*.tmp"):  # left by a process killed mid-write
+            stale.unlink()
+        return finish_job(out_dir, task_cfg, job.fields, job_scenario(task_cfg), rows, diverged_at, echo=False)
+
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=write_rows,
+        config=compose_job(hydra_context, config, job.overrides, job.num),
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+
+
+def _quiet_console() -> None:
+    """Keep this job's INFO lines out of the console (thousands of them would bury the progress bar
+    and the summary); its ``<job dir>/<job name>.log`` still gets every line. ``run_job`` creates the
+    handlers afresh for each job, so this lasts for one job only."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress and compile counting
+# ---------------------------------------------------------------------------------------------
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, groups: int, enabled: bool):
+    """A tqdm bar on stderr (runs done, runs/s, ETA, current group), only when stderr is a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="run", desc="vi_sweep", file=sys.stderr, postfix=f"groups 0/{groups}", dynamic_ncols=True)
+
+
+def _count_compiles(counters: SweepCounters) -> Callable[[], None]:
+    """Count XLA compilations and persistent-cache hits until the returned function is called."""
+    import jax
+
+    lock = threading.Lock()  # events may come from JAX's threads
+
+    def on_duration(event: str, duration: float, **kwargs: Any) -> None:
+        if event == BACKEND_COMPILE_EVENT:  # fired for a compile *or* a load from the persistent cache
+            with lock:
+                counters.compiled += 1
+
+    def on_event(event: str, **kwargs: Any) -> None:
+        if event == "/jax/compilation_cache/cache_hits":
+            with lock:
+                counters.cache_hits += 1
+                counters.compiled -= 1
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
+    jax.monitoring.register_event_listener(on_event)
+
+    def stop() -> None:
+        jax.monitoring.unregister_event_duration_listener(on_duration)
+        jax.monitoring.unregister_event_listener(on_event)
+
+    return stop

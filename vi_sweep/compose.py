@@ -1,0 +1,152 @@
+"""Composing thousands of sweep jobs quickly: one Hydra composition per *shape* of override list.
+
+Hydra composes every job of a sweep from scratch (defaults list, yaml files, merges): about
+50-100 ms per job for vi_sweep's config, and the basic sweeper composes each job twice (once to
+validate the batch, once in the launcher). For a 10,000-job grid that is minutes of pure
+overhead before any training.
+
+Most jobs of a grid differ only in *leaf values* (``lr=0.1`` vs ``lr=0.3``). Such overrides
+cannot change the defaults list -- Hydra applies them to the composed config after composition
+(``ConfigLoaderImpl._load_configuration_impl``) -- so two jobs whose override lists agree in
+everything but those values compose to the same config up to those values and the bookkeeping
+derived from the override list (``hydra.overrides.task``, ``hydra.job.override_dirname``).
+
+:class:`TemplateComposer` wraps Hydra's config loader: the first job of each shape is composed by
+Hydra itself and kept as a template; every other job of that shape is a copy of the template
+with its value overrides applied by Hydra's own override code. Anything else (config group
+choices, ``+key``/``++key``/``~key``, ``hydra.*`` keys, dict or list values, which OmegaConf
+*merges* into the old value, keys that are not leaves) is part of the shape, so such jobs fall
+back to a full composition. The result equals ``load_sweep_config`` exactly
+(``tests/test_compose.py`` compares them node for node).
+
+The template is kept pickled: unpickling a composed config takes about 0.4 ms against 2.4 ms
+for ``copy.deepcopy``, and a derived job about 1.5 ms in all.
+
+No JAX here: Hydra plugins import this module at start-up.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, Hashable, List, Optional, Sequence
+
+from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+from hydra.core.config_loader import ConfigLoader
+from hydra.core.object_type import ObjectType
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType, ValueType
+from hydra.types import RunMode
+from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
+
+
+class TemplateComposer(ConfigLoader):
+    """A :class:`~hydra.core.config_loader.ConfigLoader` that reuses one composition per override shape.
+
+    Every method but :meth:`load_sweep_config` delegates to the wrapped loader.
+
+    Parameters
+    ----------
+    loader
+        Hydra's config loader (``hydra_context.config_loader``).
+    """
+
+    def __init__(self, loader: ConfigLoader) -> None:
+        self._loader = loader
+        self._parser = OverridesParser.create()
+        self._templates: dict[Hashable, tuple[DictConfig, bytes]] = {}  # shape -> (master, pickled template)
+        self._parsed: dict[str, tuple[Override, bool]] = {}  # override line -> (parsed, is a value override)
+        self.full_compositions = 0  # how many jobs Hydra composed from scratch
+        self.reused_compositions = 0  # how many were copied from a template
+
+    @property
+    def wrapped(self) -> ConfigLoader:
+        return self._loader
+
+    # -- the fast path ----------------------------------------------------------------------
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: List[str]) -> DictConfig:
+        """``load_sweep_config`` of the wrapped loader, computed from a template when possible."""
+        parsed = [self._parse(line) for line in sweep_overrides]
+        # Two jobs share a template if they agree in everything but their value overrides' values.
+        shape = (id(master_config),) + tuple(("value", o.key_or_group) if value else ("other", o.input_line) for o, value in parsed)
+        master, template = self._templates.get(shape, (None, None))
+        if master is not master_config:  # holding the master keeps its id from being reused
+            cfg = self._loader.load_sweep_config(master_config, list(sweep_overrides))
+            self.full_compositions += 1
+            if all(_is_leaf(cfg, o.key_or_group) for o, value in parsed if value):
+                self._templates[shape] = (master_config, pickle.dumps(cfg))
+            return cfg
+        self.reused_compositions += 1
+        return _from_template(template, master_config, [o for o, _ in parsed], [o for o, value in parsed if value])
+
+    def _parse(self, line: str) -> tuple[Override, bool]:
+        """The parsed override and whether it is a value override (cached: the same lines recur across jobs)."""
+        if line not in self._parsed:
+            (override,) = self._parser.parse_overrides([line])
+            self._parsed[line] = (override, self._is_value_override(override))
+        return self._parsed[line]
+
+    def _is_value_override(self, override: Override) -> bool:
+        """``key=scalar`` on a config key: set after composition, never changes the defaults list."""
+        if override.type != OverrideType.CHANGE or override.package is not None:
+            return False
+        if override.value_type != ValueType.ELEMENT or override.is_hydra_override():
+            return False
+        if isinstance(override.value(), (dict, list)):  # merged into the old value, not set
+            return False
+        return not self._loader.get_group_options(override.key_or_group)
+
+    # -- plain delegation -------------------------------------------------------------------
+
+    def load_configuration(
+        self,
+        config_name: Optional[str],
+        overrides: List[str],
+        run_mode: RunMode,
+        from_shell: bool = True,
+        validate_sweep_overrides: bool = True,
+    ) -> DictConfig:
+        return self._loader.load_configuration(config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+
+    def get_search_path(self):
+        return self._loader.get_search_path()
+
+    def get_sources(self):
+        return self._loader.get_sources()
+
+    def list_groups(self, parent_name: str) -> List[str]:
+        return self._loader.list_groups(parent_name)
+
+    def get_group_options(
+        self,
+        group_name: str,
+        results_filter: Optional[ObjectType] = ObjectType.CONFIG,
+        config_name: Optional[str] = None,
+        overrides: Optional[List[str]] = None,
+    ) -> List[str]:
+        return self._loader.get_group_options(group_name, results_filter, config_name, overrides)
+
+    def compute_defaults_list(self, config_name: Optional[str], overrides: List[str], run_mode: RunMode) -> Any:
+        return self._loader.compute_defaults_list(config_name, overrides, run_mode)
+
+
+def _is_leaf(cfg: DictConfig, key: str) -> bool:
+    value = OmegaConf.select(cfg, key, throw_on_missing=False, throw_on_resolution_failure=False)
+    return not isinstance(value, Container)
+
+
+def _from_template(
+    template: bytes, master_config: DictConfig, parsed: Sequence[Override], value_overrides: List[Override]
+) -> DictConfig:
+    """Redo the per-job part of ``ConfigLoaderImpl._load_configuration_impl`` on a copy of the template."""
+    cfg = pickle.loads(template)
+    ConfigLoaderImpl._apply_overrides_to_config(value_overrides, cfg)
+    app_overrides = [o for o in parsed if not o.is_hydra_override()]
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.overrides.task = [o.input_line for o in app_overrides]
+        naming = cfg.hydra.job.config.override_dirname
+        cfg.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=app_overrides, kv_sep=naming.kv_sep, item_sep=naming.item_sep, exclude_keys=naming.exclude_keys
+        )
+    OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
+    return cfg
