@@ -61,4 +61,5 @@ def test_submitit_local_gives_the_same_numbers_as_the_default_launcher(cli, tmp_
 
     a, b = load(tmp_path / "default"), load(tmp_path / "submitit")
     assert len(a) == len(b) == 4 * 5
-    pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+    # The default launcher vmaps a group, submitit runs jobs one by one: equal to float32 round-off.
+    pd.testing.assert_frame_equal(a, b, rtol=1e-5, atol=1e-6)
