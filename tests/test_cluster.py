@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -112,3 +113,15 @@ def test_local_executor_parameters_carry_no_slurm_keys():
         array_parallelism=4, slurm_additional_parameters={}, slurm_setup=[],
     )
     assert params == {"name": "vi_sweep", "timeout_min": 5}
+
+
+def test_the_slurm_preset_without_slurm_is_one_line_and_nothing_written(cli, tmp_path):
+    if shutil.which("srun"):
+        pytest.skip("a real SLURM cluster: this would submit")
+    sweep = tmp_path / "sweep"
+    result = cli("multirun", "hydra/launcher=batched_slurm", "lr=0.1", "steps=5", "log_every=5", "d=2", "grid=none", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        'vi_sweep: error: hydra.launcher.submitit_cluster=slurm: Could not detect "srun", are you indeed on a slurm cluster?'
+    ]
+    assert not sweep.exists()

@@ -141,7 +141,12 @@ def launch(
 
     counters, groups = SweepCounters(), 0
     if todo:
-        counters, groups = _compute_and_write(hydra_context, config, jobs, todo, returns, options)
+        try:
+            counters, groups = _compute_and_write(hydra_context, config, jobs, todo, returns, options)
+        except ConfigError as err:  # raised before any job is written (no submitit executor here)
+            _abandon_fresh_sweep_dir(sweep_dir)
+            print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
     elapsed = time.perf_counter() - started
     print(
         f"vi_sweep: {len(jobs)} jobs ({len(todo)} computed, {len(jobs) - len(todo)} resumed) in {groups} groups, "
@@ -345,23 +350,13 @@ def _run_on_submitit(plan, options: LauncherOptions, cwd: Path, write_chunk: Cal
     being written; afterwards one line names it and the sweep exits 1, so a rerun into the same
     sweep dir computes only what is missing.
     """
-    from vi_sweep.cluster import executor_parameters, make_executor, train_chunk
+    from vi_sweep.cluster import train_chunk
 
-    executor = make_executor(
-        options.submitit_folder,
-        options.submitit_cluster,
-        executor_parameters(
-            cluster=options.submitit_cluster,
-            timeout_min=options.timeout_min,
-            cpus_per_task=options.cpus_per_task,
-            gpus_per_node=options.gpus_per_node,
-            mem_gb=options.mem_gb,
-            partition=options.partition,
-            array_parallelism=options.array_parallelism,
-            slurm_additional_parameters=options.slurm_additional_parameters,
-            slurm_setup=options.slurm_setup,
-        ),
-    )
+    try:
+        executor = _make_executor(options)
+    except (RuntimeError, ValueError) as err:  # e.g. submitit_cluster=slurm where there is no srun
+        message = str(err).strip().splitlines()[0]
+        raise ConfigError(f"hydra.launcher.submitit_cluster={options.submitit_cluster}: {message}") from None
     cache_dir = None
     if options.compilation_cache_dir is not None:
         cache_dir = str(cwd / options.compilation_cache_dir)  # an absolute path stays as it is
@@ -397,6 +392,27 @@ def _run_on_submitit(plan, options: LauncherOptions, cwd: Path, write_chunk: Cal
         )
         sys.exit(1)
     return compiled
+
+
+def _make_executor(options: LauncherOptions):
+    """The submitit executor the options describe."""
+    from vi_sweep.cluster import executor_parameters, make_executor
+
+    return make_executor(
+        options.submitit_folder,
+        options.submitit_cluster,
+        executor_parameters(
+            cluster=options.submitit_cluster,
+            timeout_min=options.timeout_min,
+            cpus_per_task=options.cpus_per_task,
+            gpus_per_node=options.gpus_per_node,
+            mem_gb=options.mem_gb,
+            partition=options.partition,
+            array_parallelism=options.array_parallelism,
+            slurm_additional_parameters=options.slurm_additional_parameters,
+            slurm_setup=options.slurm_setup,
+        ),
+    )
 
 
 def init_jax(options: LauncherOptions, *, cwd: Path) -> list:
