@@ -33,7 +33,7 @@ import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -62,9 +62,30 @@ class LauncherOptions:
     compilation_cache_dir: Optional[str] = "outputs/.jax_cache"
     progress: bool = True
     resume: bool = True
+    engine: str = "local"
+    submitit_cluster: str = "local"
+    submitit_folder: str = ".submitit/%j"
+    timeout_min: int = 60
+    cpus_per_task: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    mem_gb: Optional[float] = None
+    partition: Optional[str] = None
+    array_parallelism: int = 256
+    slurm_additional_parameters: dict = field(default_factory=dict)
+    slurm_setup: list = field(default_factory=list)
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first bad ``hydra.launcher.*`` value."""
+        from vi_sweep.cluster import SUBMITIT_CLUSTERS
+
+        choices = {"engine": (self.engine, ("local", "submitit")), "submitit_cluster": (self.submitit_cluster, SUBMITIT_CLUSTERS)}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"hydra.launcher.{name}={value!r} is invalid: must be one of {', '.join(allowed)}")
+        for name in ("timeout_min", "array_parallelism"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"hydra.launcher.{name}={value!r} is invalid: must be an integer >= 1")
         positive = {"max_batch_floats": self.max_batch_floats, "max_runs_per_call": self.max_runs_per_call, "cpu_devices": self.cpu_devices}
         for name, value in positive.items():
             optional = name != "max_batch_floats"
@@ -120,7 +141,12 @@ def launch(
 
     counters, groups = SweepCounters(), 0
     if todo:
-        counters, groups = _compute_and_write(hydra_context, config, jobs, todo, returns, options)
+        try:
+            counters, groups = _compute_and_write(hydra_context, config, jobs, todo, returns, options)
+        except ConfigError as err:  # raised before any job is written (no submitit executor here)
+            _abandon_fresh_sweep_dir(sweep_dir)
+            print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
     elapsed = time.perf_counter() - started
     print(
         f"vi_sweep: {len(jobs)} jobs ({len(todo)} computed, {len(jobs) - len(todo)} resumed) in {groups} groups, "
@@ -252,7 +278,11 @@ def _compute_and_write(
 ) -> tuple[SweepCounters, int]:
     """Plan the jobs in ``todo``, run every chunk, write every job; fill ``returns``."""
     quiet_jax_logs()
-    devices = init_jax(options, cwd=Path(str(config.hydra.runtime.cwd)))
+    cwd = Path(str(config.hydra.runtime.cwd))
+    on_submitit = options.engine == "submitit"
+    # With submitit this process only plans and writes: it never starts a JAX backend (it may be
+    # a login node), and each submitted job pads its chunk for its own devices.
+    devices = [] if on_submitit else init_jax(options, cwd=cwd)
     from vi_sweep.sweep_plan import plan_sweep
     from vi_sweep.trainer import split_fields
 
@@ -260,21 +290,18 @@ def _compute_and_write(
         [split_fields(jobs[position].fields) for position in todo],
         max_batch_floats=options.max_batch_floats,
         max_runs_per_call=options.max_runs_per_call,
-        multiple_of=len(devices),
+        multiple_of=1 if on_submitit else len(devices),
     )
-    log.info(
-        "%d jobs -> %d distinct runs in %d groups, %d calls on %d device(s)",
-        len(todo), len(plan.computations), len(plan.groups), len(plan.chunks), len(devices),
-    )
+    where = f"submitit ({options.submitit_cluster}) jobs" if on_submitit else f"calls on {len(devices)} device(s)"
+    log.info("%d jobs -> %d distinct runs in %d groups, %d %s", len(todo), len(plan.computations), len(plan.groups), len(plan.chunks), where)
     last_chunk_of_group = {chunk.spec: index for index, chunk in enumerate(plan.chunks)}
     counters = SweepCounters()
-    stop_counting = _count_compiles(counters)
     bar = _progress_bar(len(todo), len(plan.groups), options.progress)
 
     def write_chunk(index: int, outputs) -> None:
         chunk = plan.chunks[index]
         log.debug("call %d/%d: waiting for %d runs", index + 1, len(plan.chunks), chunk.size)
-        for slot, rows, diverged_at in _chunk_rows(chunk, outputs):
+        for slot, rows, diverged_at in _chunk_rows(chunk, *outputs):
             for job_in_plan in plan.computations[chunk.computations[slot]].jobs:
                 position = todo[job_in_plan]
                 returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at)
@@ -287,6 +314,20 @@ def _compute_and_write(
             bar.set_postfix_str(f"groups {plan.groups.index(chunk.spec) + 1}/{len(plan.groups)}")
 
     try:
+        if on_submitit:
+            counters.compiled = _run_on_submitit(plan, options, cwd, write_chunk)
+        else:
+            _run_here(plan, devices, counters, write_chunk)
+    finally:
+        bar.close()
+        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    return counters, len(plan.groups)
+
+
+def _run_here(plan, devices, counters: SweepCounters, write_chunk: Callable[[int, tuple], None]) -> None:
+    """``engine=local``: every chunk in this process, chunk k+1 started before chunk k is written."""
+    stop_counting = _count_compiles(counters)
+    try:
         # Start chunk k+1 (compiling it if new) before writing chunk k: XLA computes on its own
         # threads while this one writes job directories.
         pending = None
@@ -294,15 +335,84 @@ def _compute_and_write(
             outputs = dispatch(chunk, plan, devices)
             log.debug("call %d/%d: dispatched %d runs (num_mc=%d)", index + 1, len(plan.chunks), chunk.size, chunk.spec.num_mc)
             if pending is not None:
-                write_chunk(*pending)
+                write_chunk(pending[0], to_numpy(pending[1]))
             pending = (index, outputs)
         if pending is not None:
-            write_chunk(*pending)
+            write_chunk(pending[0], to_numpy(pending[1]))
     finally:
-        bar.close()
         stop_counting()
-        configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    return counters, len(plan.groups)
+
+
+def _run_on_submitit(plan, options: LauncherOptions, cwd: Path, write_chunk: Callable[[int, tuple], None]) -> int:
+    """``engine=submitit``: one submitit job per chunk (one job array), written as each finishes in turn.
+
+    Returns the XLA compilations the jobs report. A failed job does not stop the others from
+    being written; afterwards one line names it and the sweep exits 1, so a rerun into the same
+    sweep dir computes only what is missing.
+    """
+    from vi_sweep.cluster import train_chunk
+
+    try:
+        executor = _make_executor(options)
+    except (RuntimeError, ValueError) as err:  # e.g. submitit_cluster=slurm where there is no srun
+        message = str(err).strip().splitlines()[0]
+        raise ConfigError(f"hydra.launcher.submitit_cluster={options.submitit_cluster}: {message}") from None
+    cache_dir = None
+    if options.compilation_cache_dir is not None:
+        cache_dir = str(cwd / options.compilation_cache_dir)  # an absolute path stays as it is
+    with executor.batch():
+        submitted = [
+            executor.submit(
+                train_chunk,
+                tuple(chunk.spec),
+                [dict(plan.computations[position].traced) for position in chunk.computations[: chunk.real]],
+                cpu_devices=options.cpu_devices,
+                shard=options.shard,
+                compilation_cache_dir=cache_dir,
+            )
+            for chunk in plan.chunks
+        ]
+    log.info("submitted %d submitit jobs (%s) to %s", len(submitted), options.submitit_cluster, options.submitit_folder)
+    compiled, failed = 0, []
+    for index, job in enumerate(submitted):
+        try:
+            result = job.result()
+        except Exception as err:  # submitit re-raises the job's error (or a timeout/cancellation) here
+            message = str(err).strip().splitlines()
+            failed.append(f"job {job.job_id}: {message[-1] if message else type(err).__name__}")
+            continue
+        compiled += int(result["compiled"])
+        write_chunk(index, (result["diverged_at"], result["rows"]))
+    if failed:
+        print(
+            f"vi_sweep: error: {len(failed)} of {len(submitted)} submitit jobs failed ({failed[0]}); "
+            f"logs in {Path(options.submitit_folder).parent}; rerun into the same sweep dir to compute what is missing",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+    return compiled
+
+
+def _make_executor(options: LauncherOptions):
+    """The submitit executor the options describe."""
+    from vi_sweep.cluster import executor_parameters, make_executor
+
+    return make_executor(
+        options.submitit_folder,
+        options.submitit_cluster,
+        executor_parameters(
+            cluster=options.submitit_cluster,
+            timeout_min=options.timeout_min,
+            cpus_per_task=options.cpus_per_task,
+            gpus_per_node=options.gpus_per_node,
+            mem_gb=options.mem_gb,
+            partition=options.partition,
+            array_parallelism=options.array_parallelism,
+            slurm_additional_parameters=options.slurm_additional_parameters,
+            slurm_setup=options.slurm_setup,
+        ),
+    )
 
 
 def init_jax(options: LauncherOptions, *, cwd: Path) -> list:
@@ -336,27 +446,36 @@ def available_cores() -> int:
 
 def dispatch(chunk, plan, devices) -> tuple:
     """Start one chunk (compiling on first use); returns ``(state, rows)`` futures."""
+    return start_batch(chunk.spec, [plan.computations[position].traced for position in chunk.computations], devices)
+
+
+def start_batch(spec, traced: Sequence[dict], devices) -> tuple:
+    """Start ``jitted_batch_train(spec)`` on ``traced`` (its length a multiple of the device count),
+    the batch axis sharded over ``devices``; returns ``(state, rows)`` futures."""
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     from vi_sweep.trainer import as_hyper, jitted_batch_train
 
-    hyper = as_hyper([plan.computations[position].traced for position in chunk.computations])
+    hyper = as_hyper(list(traced))
     if len(devices) > 1:
         sharding = NamedSharding(Mesh(devices, ("runs",)), PartitionSpec("runs"))
         hyper = jax.device_put(hyper, sharding)
-    return jitted_batch_train(chunk.spec)(hyper)
+    return jitted_batch_train(spec)(hyper)
 
 
-def _chunk_rows(chunk, outputs):
-    """Block on a chunk's outputs; yield ``(slot, rows, diverged_at)`` for its real (unpadded) runs."""
+def to_numpy(outputs) -> tuple:
+    """Block on ``(state, rows)`` futures; return ``(diverged_at, {column: array})`` as numpy."""
     import numpy as np
 
+    state, rows = outputs
+    return np.asarray(state.diverged_at), {name: np.asarray(value) for name, value in rows._asdict().items()}
+
+
+def _chunk_rows(chunk, diverged_at, columns):
+    """Yield ``(slot, rows, diverged_at)`` for a chunk's real (unpadded) runs from its numpy results."""
     from vi_sweep.trainer import logged_steps
 
-    state, rows = outputs
-    diverged_at = np.asarray(state.diverged_at)
-    columns = {name: np.asarray(value) for name, value in rows._asdict().items()}
     steps = logged_steps(chunk.spec.steps, chunk.spec.log_every)
     for slot in range(chunk.real):
         yield slot, {"step": steps, **{name: values[slot] for name, values in columns.items()}}, int(diverged_at[slot])

@@ -12,14 +12,14 @@ It is vi_sweep-specific: it computes with :mod:`vi_sweep.trainer` and writes wit
 :func:`vi_sweep.app.finish_job` instead of calling the task function.
 """
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 @dataclass
@@ -46,6 +46,21 @@ class BatchedLauncherConf:
         Show a progress bar on stderr (only when stderr is a terminal).
     resume
         Skip jobs whose ``metrics.parquet`` is complete and records the job's own config.
+    engine
+        ``local``: run every chunk in this process. ``submitit``: hand each chunk to submitit as
+        one job (one SLURM array task per chunk, see :mod:`vi_sweep.cluster`); this process waits
+        and writes the job dirs, which are the same as with ``local``. ``max_batch_floats`` and
+        ``max_runs_per_call`` then size a task.
+    submitit_cluster
+        ``local`` (one process per job on this machine: the tested stand-in), ``slurm``,
+        ``debug`` (in this process, for debugging) or ``auto`` (submitit picks SLURM if present).
+    submitit_folder
+        submitit's pickles and logs, ``%j`` the job id (default under the sweep dir).
+    timeout_min, cpus_per_task, gpus_per_node, mem_gb
+        Per-task resources (submitit's shared keys; null: the cluster's default).
+    partition, array_parallelism, slurm_additional_parameters, slurm_setup
+        SLURM only: ``--partition``, the job array's ``%`` limit, extra ``#SBATCH`` keys
+        (``{qos: high, account: me}``) and shell lines run before each task (``module load ...``).
     """
 
     _target_: str = "hydra_plugins.vi_sweep_launcher.vi_sweep_launcher.BatchedLauncher"
@@ -56,6 +71,17 @@ class BatchedLauncherConf:
     compilation_cache_dir: Optional[str] = "outputs/.jax_cache"
     progress: bool = True
     resume: bool = True
+    engine: str = "local"
+    submitit_cluster: str = "local"
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
+    timeout_min: int = 60
+    cpus_per_task: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    mem_gb: Optional[float] = None
+    partition: Optional[str] = None
+    array_parallelism: int = 256
+    slurm_additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    slurm_setup: List[str] = field(default_factory=list)
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="vi_sweep")
@@ -92,5 +118,10 @@ class BatchedLauncher(Launcher):
             config=self.config,
             job_overrides=job_overrides,
             initial_job_idx=initial_job_idx,
-            options=LauncherOptions(**self.options),
+            options=LauncherOptions(**{key: _plain(value) for key, value in self.options.items()}),
         )
+
+
+def _plain(value: Any) -> Any:
+    """Hydra passes nested option values (``slurm_additional_parameters``) as OmegaConf containers."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
