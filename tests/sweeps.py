@@ -55,3 +55,14 @@ def write_sweep(sweep_dir: Path, runs: list[Mapping[str, Any]], *, scenario: str
             table = metrics_table(one, runs[i], diverged_at, scenario)
             paths[i] = write_metrics(sweep_dir / str(first_job + i), table, resolved_config=dict(runs[i]), fields=runs[i])
     return paths  # type: ignore[return-value]
+
+
+def flat_fields(**overrides: Any) -> dict[str, Any]:
+    """Hand-written flat fields of a small Adam run (d=10, 60 steps), for unit tests of the trainer side."""
+    base = dict(
+        objective="mc", estimator="reparam", num_mc=4, optimizer="adam", target="standard_normal",
+        d=10, steps=60, log_every=20, lr=1e-2, seed=0, init_log_sigma=-2.0,
+        optimizer_b1=0.9, optimizer_b2=0.999, optimizer_eps=1e-8, optimizer_grad_clip=None,
+    )
+    base.update(overrides)
+    return base

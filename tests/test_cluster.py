@@ -79,7 +79,9 @@ def test_train_chunk_equals_single_runs_and_sets_the_gpu_sharing_env(monkeypatch
         state, rows = train_one(spec, traced)  # jit(train) on one run: an independent driver
         assert int(out["diverged_at"][slot]) == int(state.diverged_at)
         for name, values in out["rows"].items():
-            np.testing.assert_allclose(values[slot], rows[name], rtol=1e-5, atol=1e-6, err_msg=name)
+            # std of d equal sigmas (e^8 after Adam's first lr=10 step) is pure round-off, ~ulp(sigma).
+            atol = 1e-6 + (1e-6 * np.abs(rows["sigma_mean"]) if name == "sigma_std" else 0.0)
+            np.testing.assert_allclose(values[slot], rows[name], rtol=1e-5, atol=atol, err_msg=name)
 
 
 def test_padded_repeats_the_last_run_up_to_a_multiple():

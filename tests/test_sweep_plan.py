@@ -6,16 +6,10 @@ import pytest
 
 from vi_sweep.sweep_plan import chunk_size, floats_per_run, plan_sweep
 from vi_sweep.trainer import split_fields
+from tests.sweeps import flat_fields
 
 
-def fields(**overrides):
-    base = dict(
-        objective="mc", estimator="reparam", num_mc=4, optimizer="adam", target="standard_normal",
-        d=10, steps=60, log_every=20, lr=1e-2, seed=0, init_log_sigma=-2.0,
-        optimizer_b1=0.9, optimizer_b2=0.999, optimizer_eps=1e-8, optimizer_grad_clip=None,
-    )
-    base.update(overrides)
-    return base
+fields = flat_fields
 
 
 def jobs(*many):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vi_sweep.targets import standard_normal
+from tests.sweeps import flat_fields
 from vi_sweep.trainer import (
     TrainSpec,
     as_hyper,
@@ -20,14 +21,7 @@ from vi_sweep.trainer import (
 )
 
 
-def fields(**overrides):
-    base = dict(
-        objective="mc", estimator="reparam", num_mc=4, optimizer="adam", target="standard_normal",
-        d=10, steps=60, log_every=20, lr=1e-2, seed=0, init_log_sigma=-2.0,
-        optimizer_b1=0.9, optimizer_b2=0.999, optimizer_eps=1e-8, optimizer_grad_clip=None,
-    )
-    base.update(overrides)
-    return base
+fields = flat_fields
 
 
 class CompileCounter:

@@ -42,6 +42,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from hydra_plugins.vi_sweep_launcher.vi_sweep_launcher import BatchedLauncherConf
 from vi_sweep.app import finish_job, job_fields, job_scenario, quiet_jax_logs
 from vi_sweep.config import ConfigError
 from vi_sweep.results import METRICS_FILE, read_fields
@@ -51,26 +52,33 @@ log = logging.getLogger(__name__)
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax._src.dispatch.BACKEND_COMPILE_EVENT
 
 
+_CONF = BatchedLauncherConf()
+
+
 @dataclass(frozen=True)
 class LauncherOptions:
-    """The launcher's knobs (documented on ``BatchedLauncherConf``)."""
+    """The launcher's knobs: defaults and docs are ``BatchedLauncherConf``'s (one place only).
 
-    max_batch_floats: int = 2**27
-    max_runs_per_call: Optional[int] = None
-    cpu_devices: Optional[int] = None
-    shard: bool = True
-    compilation_cache_dir: Optional[str] = "outputs/.jax_cache"
-    progress: bool = True
-    resume: bool = True
-    engine: str = "local"
-    submitit_cluster: str = "local"
+    ``submitit_folder`` differs: the conf's default interpolates ``${hydra.sweep.dir}``, which
+    Hydra resolves before this object is built.
+    """
+
+    max_batch_floats: int = _CONF.max_batch_floats
+    max_runs_per_call: Optional[int] = _CONF.max_runs_per_call
+    cpu_devices: Optional[int] = _CONF.cpu_devices
+    shard: bool = _CONF.shard
+    compilation_cache_dir: Optional[str] = _CONF.compilation_cache_dir
+    progress: bool = _CONF.progress
+    resume: bool = _CONF.resume
+    engine: str = _CONF.engine
+    submitit_cluster: str = _CONF.submitit_cluster
     submitit_folder: str = ".submitit/%j"
-    timeout_min: int = 60
-    cpus_per_task: Optional[int] = None
-    gpus_per_node: Optional[int] = None
-    mem_gb: Optional[float] = None
-    partition: Optional[str] = None
-    array_parallelism: int = 256
+    timeout_min: int = _CONF.timeout_min
+    cpus_per_task: Optional[int] = _CONF.cpus_per_task
+    gpus_per_node: Optional[int] = _CONF.gpus_per_node
+    mem_gb: Optional[float] = _CONF.mem_gb
+    partition: Optional[str] = _CONF.partition
+    array_parallelism: int = _CONF.array_parallelism
     slurm_additional_parameters: dict = field(default_factory=dict)
     slurm_setup: list = field(default_factory=list)
 
