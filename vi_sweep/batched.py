@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
@@ -138,9 +138,7 @@ def launch(
         options.check()
         jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, resume=options.resume)
     except ConfigError as err:
-        _abandon_fresh_sweep_dir(sweep_dir)
-        print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+        _fail_before_writing(sweep_dir, err)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log.info("Launching %d jobs in batches (vi_sweep batched launcher); composed in %.1f s", len(jobs), time.perf_counter() - started)
 
@@ -152,9 +150,7 @@ def launch(
         try:
             counters, groups = _compute_and_write(hydra_context, config, jobs, todo, returns, options)
         except ConfigError as err:  # raised before any job is written (no submitit executor here)
-            _abandon_fresh_sweep_dir(sweep_dir)
-            print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            _fail_before_writing(sweep_dir, err)
     elapsed = time.perf_counter() - started
     print(
         f"vi_sweep: {len(jobs)} jobs ({len(todo)} computed, {len(jobs) - len(todo)} resumed) in {groups} groups, "
@@ -162,6 +158,13 @@ def launch(
         flush=True,
     )
     return [returns[position] for position in range(len(jobs))]
+
+
+def _fail_before_writing(sweep_dir: Path, err: ConfigError) -> NoReturn:
+    """One line, exit 2, and no sweep directory left behind that holds no job."""
+    _abandon_fresh_sweep_dir(sweep_dir)
+    print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 # ---------------------------------------------------------------------------------------------
