@@ -46,6 +46,7 @@ from analysis.load import SkippedFileWarning, SweepError, read_sweep
 from analysis.outcomes import OUTCOMES, Thresholds, classify
 from analysis.phase import cell_keys, example_cells, phase_table
 from analysis.theory import sgd_overlay_lines
+from vi_sweep.results import current_umask
 
 REPORT_DIR = "report"
 SUMMARY_CELL_ROWS = 200  # summary.md lists at most this many cells; phase_table.csv has all
@@ -199,7 +200,7 @@ def write_report(
     final = sweep_dir / REPORT_DIR
     staging = Path(tempfile.mkdtemp(prefix=".report.", dir=sweep_dir))
     try:
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~current_umask())
         _write_csv(cells_table, staging / "phase_table.csv")
         _write_csv(runs, staging / "runs.csv")
         figures: list[str] = []
@@ -295,12 +296,6 @@ def _swap_in(staging: Path, final: Path) -> None:
     staging.rename(final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def parse_cell(text: str) -> dict[str, Any]:
