@@ -38,13 +38,14 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.vi_sweep_launcher.vi_sweep_launcher import BatchedLauncherConf
 from vi_sweep.app import finish_job, job_fields, job_scenario, quiet_jax_logs
 from vi_sweep.config import ConfigError
+from vi_sweep.job_dirs import write_job_dir
 from vi_sweep.results import METRICS_FILE, read_fields
 
 log = logging.getLogger(__name__)
@@ -317,8 +318,8 @@ def _compute_and_write(
                 position = todo[job_in_plan]
                 returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at)
                 bar.update(1)
-        # run_job leaves the last job's logging in place; give the launcher its own back (as the
-        # basic launcher does), so its lines do not land in that job's log file.
+        # Each job configures its own logging (as run_job does) and leaves it in place; give the
+        # launcher its own back (as the basic launcher does), so its lines do not land in that job's log.
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
         log.debug("call %d/%d: %d jobs written", index + 1, len(plan.chunks), chunk.real)
         if last_chunk_of_group[chunk.spec] == index:
@@ -493,22 +494,16 @@ def _chunk_rows(chunk, diverged_at, columns):
 
 
 def write_job(hydra_context: HydraContext, config: DictConfig, job: Job, rows: dict, diverged_at: int) -> JobReturn:
-    """Hydra's ``run_job`` for one job (composed again), with a task that writes its precomputed rows."""
+    """Write one job's directory as Hydra's ``run_job`` would (:func:`vi_sweep.job_dirs.write_job_dir`,
+    its config composed again), with a task that writes its precomputed rows."""
 
     def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
         _quiet_console()
-        out_dir = Path(HydraConfig.get().runtime.output_dir)
-        for stale in out_dir.glob(f".{METRICS_FILE}.*.tmp"):  # left by a process killed mid-write
+        for stale in job.out_dir.glob(f".{METRICS_FILE}.*.tmp"):  # left by a process killed mid-write
             stale.unlink()
-        return finish_job(out_dir, task_cfg, job.fields, job_scenario(task_cfg), rows, diverged_at, echo=False)
+        return finish_job(job.out_dir, task_cfg, job.fields, job_scenario(task_cfg), rows, diverged_at, echo=False)
 
-    return run_job(
-        hydra_context=hydra_context,
-        task_function=write_rows,
-        config=compose_job(hydra_context, config, job.overrides, job.num),
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )
+    return write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows)
 
 
 def _quiet_console() -> None:

@@ -1,0 +1,109 @@
+"""One Hydra job directory, as Hydra's ``run_job`` writes it, at a fraction of its cost.
+
+Hydra's ``run_job`` costs about 20 ms a job: two masked and two deep copies of the composed
+config (~100 kB of OmegaConf nodes, ~2.5 ms each), three YAML files rendered by PyYAML's
+pure-Python emitter (~4 ms) and a fresh logging configuration. The batched launcher trains a
+job of the reference grid in about as long, so ``run_job`` would double a sweep's wall time.
+
+:func:`write_job_dir` takes the same steps in the same order -- set ``hydra.runtime.output_dir``,
+make the directory (and ``chdir`` into it if ``hydra.job.chdir``), configure the job's logging,
+write ``.hydra/{config,hydra,overrides}.yaml``, ``on_job_start``, the task under
+``hydra.job.env_set``, ``on_job_end`` -- with one ``to_container`` of the config and libyaml's
+C emitter (with OmegaConf's own quoting of strings, so the files are byte for byte
+``OmegaConf.to_yaml``'s; ``tests/test_job_dirs.py`` compares both with ``run_job``'s). The
+config it is given must be the job's own, freshly composed: it is not copied, it becomes the
+:class:`JobReturn`'s ``hydra_cfg``.
+
+No JAX here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, _flush_loggers, configure_log, env_override
+from hydra.types import HydraContext
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf._utils import OmegaConfDumper
+
+_Dumper: Any = getattr(yaml, "CDumper", yaml.Dumper)  # libyaml when PyYAML has it (it nearly always does)
+
+
+class _YamlDumper(_Dumper):  # type: ignore[misc,valid-type]
+    """PyYAML's full dumper (as ``OmegaConf.to_yaml``) with OmegaConf's string representer:
+    strings that would read back as a bool, int or float are quoted."""
+
+
+_YamlDumper.add_representer(str, OmegaConfDumper.str_representer)
+
+
+def to_yaml(container: Any) -> str:
+    """``OmegaConf.to_yaml`` of a plain container (from ``OmegaConf.to_container(cfg, enum_to_str=True)``)."""
+    return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=_YamlDumper)
+
+
+def write_job_dir(
+    hydra_context: HydraContext,
+    cfg: DictConfig,
+    output_dir: str | os.PathLike,
+    task_function: Callable[[DictConfig], Any],
+) -> JobReturn:
+    """Run ``task_function`` as Hydra's ``run_job`` would for the composed job config ``cfg``.
+
+    ``output_dir`` is the job's directory (``hydra.sweep.dir``/``hydra.sweep.subdir`` as the
+    caller resolved them). Hydra's current config is restored afterwards; the task's exception
+    is returned in a FAILED :class:`JobReturn`, as ``run_job`` does.
+    """
+    callbacks = hydra_context.callbacks
+    hydra_config = HydraConfig.instance()
+    previous_hydra_cfg, old_cwd = hydra_config.cfg, os.getcwd()
+    output_dir = os.path.abspath(output_dir)
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = output_dir
+    OmegaConf.set_readonly(cfg.hydra, True)  # as HydraConfig.set_config leaves it
+    # HydraConfig.get() returns ``cfg.hydra`` of whatever it holds: the job's own config here,
+    # without set_config's masked copy.
+    hydra_config.cfg = cfg
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
+        assert isinstance(plain, dict)
+        hydra_plain = {"hydra": plain.pop("hydra")}
+        task_keys = [key for key in cfg if key != "hydra"]
+        ret = JobReturn()
+        ret.cfg = OmegaConf.masked_copy(cfg, task_keys)
+        ret.overrides = list(hydra_plain["hydra"]["overrides"]["task"])
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        if cfg.hydra.job.chdir:
+            os.chdir(output_dir)
+        ret.working_dir = os.getcwd()
+        configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
+        if cfg.hydra.output_subdir is not None:
+            hydra_output = Path(output_dir) / str(cfg.hydra.output_subdir)
+            hydra_output.mkdir(parents=True, exist_ok=True)
+            for name, container in (("config.yaml", plain), ("hydra.yaml", hydra_plain), ("overrides.yaml", ret.overrides)):
+                (hydra_output / name).write_text(to_yaml(container), encoding="utf-8")
+        with env_override(cfg.hydra.job.env_set):
+            callbacks.on_job_start(config=cfg, task_function=task_function)
+            try:
+                ret.return_value = task_function(ret.cfg)
+                ret.status = JobStatus.COMPLETED
+            except Exception as err:  # noqa: BLE001 - run_job's contract: the job failed, the sweep goes on
+                ret.return_value = err
+                ret.status = JobStatus.FAILED
+        ret.task_name = JobRuntime.instance().get("name")
+        _flush_loggers()
+        # The config is this job's own: it becomes the return's hydra_cfg ({"hydra": ...}, as
+        # run_job's copy) once the last callback has seen it whole.
+        ret.hydra_cfg = cfg
+        callbacks.on_job_end(config=cfg, job_return=ret)
+        with read_write(cfg), open_dict(cfg):
+            for key in task_keys:
+                del cfg[key]
+        return ret
+    finally:
+        hydra_config.cfg = previous_hydra_cfg
+        os.chdir(old_cwd)
