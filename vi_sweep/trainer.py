@@ -76,10 +76,10 @@ class TrainState(NamedTuple):
 
 
 class StepInfo(NamedTuple):
-    """Per-step diagnostics, stacked by the inner scan."""
+    """What a step leaves for the next logged row."""
 
     loss: jax.Array  # objective at the step's parameters, before the update (nan once diverged)
-    grad_norm: jax.Array  # global norm of the gradient
+    grads: Params  # the step's gradient (its global norm is logged)
 
 
 class Rows(NamedTuple):
@@ -117,8 +117,9 @@ def _segments(steps: int, log_every: int) -> tuple[list[tuple[int, int]], int]:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves]))
+    """Whether every entry of every leaf is finite, as one fused reduction: ``x * 0`` is 0 for a
+    finite ``x`` and nan for inf or nan, and a sum holding a nan is nan."""
+    return jnp.isfinite(sum(jnp.sum(leaf * 0) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
 def _global_norm(tree: Any) -> jax.Array:
@@ -157,13 +158,13 @@ def make_train(spec: TrainSpec):
     def train(hyper: Hyper) -> tuple[TrainState, Rows]:
         optimizer, target = build(hyper)
 
-        def step(state: TrainState, _) -> tuple[TrainState, StepInfo]:
+        def step(state: TrainState) -> tuple[TrainState, StepInfo]:
             key, subkey = jax.random.split(state.key)
             loss, grads = jax.value_and_grad(objective)(state.params, subkey, target)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             t = state.step + 1
-            finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(params)
+            finite = _all_finite((loss, grads, params))
             alive = state.diverged_at == 0
             apply = alive & finite
             keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(apply, n, o), new, old)  # noqa: E731
@@ -174,8 +175,7 @@ def make_train(spec: TrainSpec):
                 step=t,
                 diverged_at=jnp.where(alive & ~finite, t, state.diverged_at),
             )
-            info = StepInfo(loss=jnp.where(alive, loss, jnp.nan), grad_norm=_global_norm(grads))
-            return new_state, info
+            return new_state, StepInfo(loss=jnp.where(alive, loss, jnp.nan), grads=grads)
 
         def row(state: TrainState, info: StepInfo) -> Rows:
             mu, log_sigma = state.params
@@ -189,14 +189,20 @@ def make_train(spec: TrainSpec):
                 sigma_std=jnp.std(sigma),
                 sigma_min=jnp.min(sigma),
                 sigma_max=jnp.max(sigma),
-                grad_norm=info.grad_norm,
+                grad_norm=_global_norm(info.grads),
                 diverged=state.diverged_at > 0,
             )
 
+        def steps(state: TrainState, count: int) -> tuple[TrainState, StepInfo]:
+            """``count`` steps; the last one's :class:`StepInfo` (carried, not stacked: metrics
+            are needed on logged rows only)."""
+            blank = StepInfo(loss=jnp.zeros(()), grads=jax.tree_util.tree_map(jnp.zeros_like, state.params))
+            (state, info), _ = jax.lax.scan(lambda carry, _: (step(carry[0]), None), (state, blank), None, length=count)
+            return state, info
+
         def block(gap: int):
             def run_block(state: TrainState, _) -> tuple[TrainState, Rows]:
-                state, infos = jax.lax.scan(step, state, None, length=gap)
-                last = jax.tree_util.tree_map(lambda x: x[-1], infos)
+                state, last = steps(state, gap)
                 return state, row(state, last)
 
             return run_block
@@ -207,7 +213,7 @@ def make_train(spec: TrainSpec):
             state, rows = jax.lax.scan(block(gap), state, None, length=count)
             pieces.append(rows)
         if tail:
-            state, _ = jax.lax.scan(step, state, None, length=tail)
+            state, _ = steps(state, tail)
         rows = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
         return state, rows
 
