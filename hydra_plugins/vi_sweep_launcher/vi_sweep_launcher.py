@@ -4,8 +4,8 @@ Hydra's launchers (basic, joblib, submitit) run each job on its own. A BBVI stab
 thousands of tiny runs that differ only in traced values (lr, seed, init_log_sigma, optimizer
 and target hyperparameters), so this launcher composes every job, groups jobs whose compiled
 shapes agree (:class:`vi_sweep.trainer.TrainSpec`) and runs each group as one
-``jit(vmap(train))`` call, then writes each job's directory through Hydra's own ``run_job``.
-The implementation is :mod:`vi_sweep.batched`, imported inside :meth:`BatchedLauncher.launch`:
+``jit(vmap(train))`` call, then writes each job's directory as Hydra's ``run_job`` would
+(:mod:`vi_sweep.job_dirs`). The implementation is :mod:`vi_sweep.batched`, imported inside :meth:`BatchedLauncher.launch`:
 Hydra imports this module at every start-up, so it must stay free of JAX.
 
 It is vi_sweep-specific: it computes with :mod:`vi_sweep.trainer` and writes with

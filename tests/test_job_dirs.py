@@ -1,0 +1,131 @@
+"""write_job_dir: the job directory, callbacks and JobReturn of Hydra's own ``run_job``, byte for byte."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra._internal.callbacks import Callbacks
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra._internal.utils import create_config_search_path
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobRuntime, JobStatus, run_job
+from hydra.experimental.callback import Callback
+from hydra.types import HydraContext, RunMode
+from omegaconf import OmegaConf, open_dict
+
+from vi_sweep.config import CONF_DIR
+from vi_sweep.job_dirs import to_yaml, write_job_dir
+
+SEEN: list[tuple[str, Any]] = []  # what the recording callback saw, in order
+
+
+class Recorder(Callback):
+    """Records what a job's callbacks receive (and the environment they run in)."""
+
+    def on_job_start(self, config, **kwargs) -> None:
+        SEEN.append(("start", (config.lr, HydraConfig.get().job.num, os.environ.get("VI_SWEEP_TEST_ENV"))))
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        SEEN.append(("end", (config.lr, job_return.status, job_return._return_value)))  # .return_value raises if FAILED
+
+
+# A string that reads back as a float, one that reads back as a bool, a nested group, an env var.
+OVERRIDES = ["lr=0.3", "num_mc=5", "seed=4", "optimizer=momentum", "optimizer.momentum=0.7", "+note='1e-3'", "+flag='true'"]
+
+
+@pytest.fixture
+def compose(tmp_path):
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+
+    def compose(sweep_dir: Path, *hydra_overrides: str):
+        master = loader.load_configuration(
+            "config",
+            [f"hydra.sweep.dir={sweep_dir}", "+hydra.job.env_set.VI_SWEEP_TEST_ENV=set", *hydra_overrides, "lr=0.1,0.3"],
+            RunMode.MULTIRUN,
+        )
+        cfg = loader.load_sweep_config(master, list(OVERRIDES))
+        with open_dict(cfg):
+            cfg.hydra.job.id = cfg.hydra.job.num = 7
+            cfg.hydra.callbacks = {"recorder": {"_target_": f"{__name__}.Recorder"}}
+        return cfg, HydraContext(config_loader=loader, callbacks=Callbacks(cfg))
+
+    JobRuntime.instance().set("name", "vi_sweep")
+    yield compose
+    logging.getLogger().handlers.clear()  # both writers leave the job's log handlers in place
+    SEEN.clear()
+
+
+def task(cfg) -> dict:
+    logging.getLogger("vi_sweep").info("training lr=%s", cfg.lr)
+    return {"lr": cfg.lr, "cwd": os.getcwd()}
+
+
+def both(compose, tmp_path: Path, task_function=task, *hydra_overrides: str):
+    """The same job through run_job (sweep dir a/) and write_job_dir (b/): (dir, return) for each."""
+    out = []
+    for name, writer in (("a", "run_job"), ("b", "write_job_dir")):
+        cfg, context = compose(tmp_path / name, *hydra_overrides)
+        if writer == "run_job":
+            ret = run_job(task_function, cfg, "hydra.sweep.dir", "hydra.sweep.subdir", hydra_context=context)
+        else:
+            ret = write_job_dir(context, cfg, tmp_path / name / "7", task_function)
+        out.append((tmp_path / name / "7", ret))
+    return out
+
+
+def test_the_hydra_files_are_run_jobs_byte_for_byte(compose, tmp_path):
+    (dir_a, _), (dir_b, _) = both(compose, tmp_path)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        a = (dir_a / ".hydra" / name).read_text().replace(str(tmp_path / "a"), str(tmp_path / "b"))
+        assert (dir_b / ".hydra" / name).read_text() == a, name
+    assert "note: '1e-3'" in (dir_b / ".hydra" / "config.yaml").read_text()  # still quoted: a string
+
+
+def test_the_job_log_gets_the_same_lines(compose, tmp_path):
+    (dir_a, _), (dir_b, _) = both(compose, tmp_path)
+
+    def lines(path: Path) -> list[str]:
+        return [re.sub(r"^\[[^]]*\]", "[time]", line) for line in path.read_text().splitlines()]
+
+    assert lines(dir_b / "vi_sweep.log") == lines(dir_a / "vi_sweep.log") == ["[time][vi_sweep][INFO] - training lr=0.3"]
+
+
+def test_the_job_return_and_the_callbacks_are_run_jobs(compose, tmp_path):
+    (_, a), (_, b) = both(compose, tmp_path)
+    assert SEEN[:2] == SEEN[2:] == [("start", (0.3, 7, "set")), ("end", (0.3, JobStatus.COMPLETED, {"lr": 0.3, "cwd": os.getcwd()}))]
+    assert "VI_SWEEP_TEST_ENV" not in os.environ  # hydra.job.env_set is undone afterwards
+    assert (b.status, b.return_value, b.task_name, b.overrides, b.working_dir) == (
+        a.status, a.return_value, a.task_name, a.overrides, a.working_dir
+    )
+    assert OmegaConf.to_yaml(b.cfg) == OmegaConf.to_yaml(a.cfg)
+    hydra_b = OmegaConf.to_yaml(b.hydra_cfg).replace(str(tmp_path / "b"), str(tmp_path / "a"))
+    assert list(b.hydra_cfg) == ["hydra"] and hydra_b == OmegaConf.to_yaml(a.hydra_cfg)
+
+
+def test_a_failing_task_is_a_failed_return_not_an_exception(compose, tmp_path):
+    def fails(cfg):
+        raise RuntimeError("boom")
+
+    before = HydraConfig.instance().cfg
+    (_, a), (_, b) = both(compose, tmp_path, fails)
+    assert a.status == b.status == JobStatus.FAILED and str(b._return_value) == "boom"
+    assert HydraConfig.instance().cfg is before  # Hydra's current config is restored
+
+
+def test_hydra_job_chdir_runs_the_task_in_the_job_dir_and_comes_back(compose, tmp_path):
+    cwd = os.getcwd()
+    (dir_a, a), (dir_b, b) = both(compose, tmp_path, task, "hydra.job.chdir=true")
+    assert a.return_value["cwd"] == str(dir_a) and b.return_value["cwd"] == str(dir_b)
+    assert b.working_dir == str(dir_b) and os.getcwd() == cwd
+
+
+def test_to_yaml_is_omegaconfs(compose, tmp_path):
+    cfg, _ = compose(tmp_path)
+    with open_dict(cfg):
+        cfg.odd = {"yes": "yes", "num": "10", "inf": ".inf", "null_str": "null", "unicode": "σ_min", "long": "x" * 200}
+    assert to_yaml(OmegaConf.to_container(cfg, enum_to_str=True)) == OmegaConf.to_yaml(cfg)
