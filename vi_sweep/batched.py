@@ -14,8 +14,8 @@ inside ``launch()``, so JAX loads here and never at Hydra start-up. One ``launch
    :class:`~vi_sweep.trainer.TrainSpec`, cut groups into chunks within ``max_batch_floats``,
    padded to a multiple of the device count.
 4. **Run** each chunk as ``jitted_batch_train(spec)(hyper)`` with the batch axis sharded over
-   the local devices. Dispatch is asynchronous: chunk k+1 is compiled and started before the
-   rows of chunk k are written, so writing overlaps computing.
+   the local devices. Dispatch is asynchronous: chunks k+1 and k+2 are compiled and started
+   before the rows of chunk k are written, so writing overlaps computing.
 5. **Write** each job as Hydra's ``run_job`` would (:func:`vi_sweep.job_dirs.write_job_dir`: job
    dir, ``.hydra/``, job log, callbacks; the same files byte for byte, at a third of the cost)
    with a task that only calls :func:`vi_sweep.app.finish_job` on the job's slice, so a batched
@@ -27,6 +27,7 @@ At the end one line: ``vi_sweep: N jobs (M computed, K resumed) in G groups, C c
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import json
@@ -356,21 +357,26 @@ def _compute_and_write(
     return counters, len(plan.groups)
 
 
+# Chunks dispatched but not yet written. XLA computes them in order on its own threads while this
+# thread writes job directories; with two queued behind the one being written, a chunk whose jobs
+# take longer to write than the next chunk takes to compute does not leave the devices idle.
+CHUNKS_IN_FLIGHT = 3
+
+
 def _run_here(plan, devices, counters: SweepCounters, write_chunk: Callable[[int, tuple], None]) -> None:
-    """``engine=local``: every chunk in this process, chunk k+1 started before chunk k is written."""
+    """``engine=local``: every chunk in this process, up to :data:`CHUNKS_IN_FLIGHT` dispatched ahead of the writing."""
     stop_counting = _count_compiles(counters)
     try:
-        # Start chunk k+1 (compiling it if new) before writing chunk k: XLA computes on its own
-        # threads while this one writes job directories.
-        pending = None
+        pending: collections.deque = collections.deque()
         for index, chunk in enumerate(plan.chunks):
-            outputs = dispatch(chunk, plan, devices)
+            pending.append((index, dispatch(chunk, plan, devices)))
             log.debug("call %d/%d: dispatched %d runs (num_mc=%d)", index + 1, len(plan.chunks), chunk.size, chunk.spec.num_mc)
-            if pending is not None:
-                write_chunk(pending[0], to_numpy(pending[1]))
-            pending = (index, outputs)
-        if pending is not None:
-            write_chunk(pending[0], to_numpy(pending[1]))
+            if len(pending) == CHUNKS_IN_FLIGHT:
+                done, outputs = pending.popleft()
+                write_chunk(done, to_numpy(outputs))
+        while pending:
+            done, outputs = pending.popleft()
+            write_chunk(done, to_numpy(outputs))
     finally:
         stop_counting()
 

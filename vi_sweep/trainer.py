@@ -11,8 +11,9 @@ One run is
         params = optimizer.update(g, ...)              # skipped once a non-finite value appears
         if t == 1 or t % log_every == 0: log a row     # loss_t and the *updated* params
 
-written as nested ``lax.scan`` s (an inner scan over the steps between two logged rows, an outer
-scan over rows), so metrics cost nothing on unlogged steps and there is no Python loop per step.
+written as a ``lax.scan`` over logged rows around a loop over the steps between them (one
+step body, traced and compiled once), so metrics cost nothing on unlogged steps and there is no
+Python loop per step.
 
 Static choices (objective, estimator, num_mc, optimizer, target, d, steps, log_every) form a
 hashable :class:`TrainSpec` bound once by :func:`make_train`; everything numeric that may vary
@@ -103,17 +104,11 @@ def logged_steps(steps: int, log_every: int) -> np.ndarray:
     return np.unique(np.concatenate([[1], multiples])).astype(np.int64)
 
 
-def _segments(steps: int, log_every: int) -> tuple[list[tuple[int, int]], int]:
-    """Run-length encode the gaps between logged steps: ([(gap, count), ...], tail)."""
+def _gaps(steps: int, log_every: int) -> np.ndarray:
+    """Steps to take before each logged row, then the unlogged tail: ``[1, log_every - 1,
+    log_every, ..., steps - last logged step]`` (the tail may be 0)."""
     logged = logged_steps(steps, log_every)
-    gaps = np.diff(np.concatenate([[0], logged]))
-    runs: list[tuple[int, int]] = []
-    for gap in gaps.tolist():
-        if runs and runs[-1][0] == gap:
-            runs[-1] = (gap, runs[-1][1] + 1)
-        else:
-            runs.append((gap, 1))
-    return runs, steps - int(logged[-1])
+    return np.diff(np.concatenate([[0], logged, [steps]])).astype(np.int32)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -131,7 +126,7 @@ def make_train(spec: TrainSpec):
     objective = make_objective(spec.objective, estimator=spec.estimator, num_mc=spec.num_mc)
     static_opt = dict(spec.optimizer_static)
     clip_on = static_opt.pop("clip", False)
-    segments, tail = _segments(spec.steps, spec.log_every)
+    gaps = _gaps(spec.steps, spec.log_every)
 
     def build(hyper: Hyper) -> tuple[optax.GradientTransformation, GaussianTarget]:
         opt_hyper = dict(hyper.optimizer)
@@ -193,29 +188,17 @@ def make_train(spec: TrainSpec):
                 diverged=state.diverged_at > 0,
             )
 
-        def steps(state: TrainState, count: int) -> tuple[TrainState, StepInfo]:
-            """``count`` steps; the last one's :class:`StepInfo` (carried, not stacked: metrics
-            are needed on logged rows only)."""
-            blank = StepInfo(loss=jnp.zeros(()), grads=jax.tree_util.tree_map(jnp.zeros_like, state.params))
-            (state, info), _ = jax.lax.scan(lambda carry, _: (step(carry[0]), None), (state, blank), None, length=count)
-            return state, info
-
-        def block(gap: int):
-            def run_block(state: TrainState, _) -> tuple[TrainState, Rows]:
-                state, last = steps(state, gap)
-                return state, row(state, last)
-
-            return run_block
+        def advance(carry: tuple[TrainState, StepInfo], gap: jax.Array) -> tuple[tuple[TrainState, StepInfo], Rows]:
+            """``gap`` steps, then the row they end on. The step body is traced once: the gap is
+            a traced loop bound, and the last step's :class:`StepInfo` is carried, not stacked."""
+            state, info = jax.lax.fori_loop(0, gap, lambda _, c: step(c[0]), carry)
+            return (state, info), row(state, info)
 
         state = init(hyper)
-        pieces = []
-        for gap, count in segments:
-            state, rows = jax.lax.scan(block(gap), state, None, length=count)
-            pieces.append(rows)
-        if tail:
-            state, _ = steps(state, tail)
-        rows = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *pieces)
-        return state, rows
+        blank = StepInfo(loss=jnp.zeros(()), grads=jax.tree_util.tree_map(jnp.zeros_like, state.params))
+        (state, _), rows = jax.lax.scan(advance, (state, blank), gaps)
+        # The scan's last row ends the unlogged tail (after the last logged step): not a row.
+        return state, jax.tree_util.tree_map(lambda x: x[:-1], rows)
 
     train.init = init  # type: ignore[attr-defined]
     return train
