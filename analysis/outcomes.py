@@ -167,9 +167,11 @@ def log_trend_t(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.n
 
 def falling_critical_t(dof: int, alpha: float) -> float:
     """The one-sided critical value :math:`t_{1-\\alpha, \\mathrm{dof}}` of Student's t (6.31 at dof 1)."""
-    from scipy.stats import t as student_t
+    # scipy.special.stdtrit is the inverse t CDF that scipy.stats.t.ppf calls, so the value is
+    # bit-identical; importing scipy.stats for it cost ~0.4 s of every report.
+    from scipy.special import stdtrit
 
-    return float(student_t.ppf(1.0 - alpha, dof))
+    return float(stdtrit(dof, 1.0 - alpha))
 
 
 def _blocks(trajectories: pd.DataFrame, run_ids: np.ndarray, n_logged: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -17,7 +17,7 @@ from scipy import stats
 from analysis import baseline as baseline_module
 from analysis.baseline import References, exact_baselines, target_constants
 from analysis.load import SkippedFileWarning, Sweep, SweepError, load_sweep, load_trajectories, read_sweep
-from analysis.outcomes import OUTCOMES, Thresholds, classify, log_trend_t, tail_length
+from analysis.outcomes import OUTCOMES, Thresholds, classify, falling_critical_t, log_trend_t, tail_length
 from analysis.phase import bootstrap_median_interval, cell_keys, example_cells, phase_table
 from tests.seed_notebook import reference_rows
 from tests.sweeps import composed_fields, grid, write_sweep
@@ -152,6 +152,12 @@ def test_log_trend_t_edge_cases():
     slope, t = log_trend_t(steps, np.array([[4.0, 2.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
     assert t[0] == -np.inf and t[1] == 0.0 and t[2] == 0.0  # exact geometric decay; flat; all zero
     assert np.isnan(log_trend_t(steps[:2], np.ones((1, 2)))[1]).all()  # no residual degree of freedom
+
+
+@pytest.mark.parametrize("dof", [1, 2, 3, 18, 1000])
+@pytest.mark.parametrize("alpha", [0.01, 0.05])
+def test_falling_critical_t_is_scipy_stats_t_ppf(dof, alpha):
+    assert falling_critical_t(dof, alpha) == stats.t.ppf(1.0 - alpha, dof)  # bit-identical
 
 
 @pytest.mark.parametrize("n,expected", [(11, 3), (15, 3), (16, 4), (101, 21), (2, 2), (1, 1)])
