@@ -154,10 +154,13 @@ def test_log_trend_t_edge_cases():
     assert np.isnan(log_trend_t(steps[:2], np.ones((1, 2)))[1]).all()  # no residual degree of freedom
 
 
-@pytest.mark.parametrize("dof", [1, 2, 3, 18, 1000])
-@pytest.mark.parametrize("alpha", [0.01, 0.05])
-def test_falling_critical_t_is_scipy_stats_t_ppf(dof, alpha):
-    assert falling_critical_t(dof, alpha) == stats.t.ppf(1.0 - alpha, dof)  # bit-identical
+@pytest.mark.parametrize("alpha", [1e-4, 0.01, 0.05, 0.3, 0.5, 0.9])
+def test_falling_critical_t_is_scipy_stats_t_ppf(alpha):
+    for dof in [*range(1, 41), 99, 100, 1000, 5000]:
+        assert falling_critical_t(dof, alpha) == pytest.approx(stats.t.ppf(1.0 - alpha, dof), rel=1e-11, abs=1e-15)
+    assert falling_critical_t(1, 0.05) == pytest.approx(1.0 / np.tan(np.pi * 0.05), rel=1e-14)  # Cauchy: cot(pi alpha)
+    with pytest.raises(ValueError):
+        falling_critical_t(0, alpha)
 
 
 @pytest.mark.parametrize("n,expected", [(11, 3), (15, 3), (16, 4), (101, 21), (2, 2), (1, 1)])
