@@ -18,7 +18,10 @@ Where a baseline comes from, in order:
 The per-target constants used by the classifier are closed forms of
 :class:`vi_sweep.targets.GaussianTarget`: the KL at initialisation (``mu = 0``,
 ``log_sigma = init_log_sigma``), the mean-field floor ``kl_floor`` (0 for diagonal targets) and
-the target's smallest marginal standard deviation (the scale of "variance collapse").
+the target's smallest marginal standard deviation (the scale of "variance collapse"). They are
+evaluated by float64 numpy twins of the targets' methods (:func:`target_structure`,
+:func:`closed_form_constants`), so a report whose baselines are all found or cached never
+imports JAX.
 
 JAX is imported inside the functions that need it, so ``import analysis`` stays light.
 """
