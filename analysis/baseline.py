@@ -18,7 +18,10 @@ Where a baseline comes from, in order:
 The per-target constants used by the classifier are closed forms of
 :class:`vi_sweep.targets.GaussianTarget`: the KL at initialisation (``mu = 0``,
 ``log_sigma = init_log_sigma``), the mean-field floor ``kl_floor`` (0 for diagonal targets) and
-the target's smallest marginal standard deviation (the scale of "variance collapse").
+the target's smallest marginal standard deviation (the scale of "variance collapse"). They are
+evaluated by float64 numpy twins of the targets' methods (:func:`target_structure`,
+:func:`closed_form_constants`), so a report whose baselines are all found or cached never
+imports JAX.
 
 JAX is imported inside the functions that need it, so ``import analysis`` stays light.
 """
@@ -202,21 +205,76 @@ def target_constants(fields_list: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     ``init_kl`` is :math:`\mathrm{KL}(q_0 \| p)` at :math:`\mu = 0`, :math:`\log\sigma =`
     ``init_log_sigma`` -- the KL *before* the first step (the first logged row is after it, and at
     a large lr one step can already move :math:`\log\sigma` by lr). Computed once per distinct
-    (target, d, target hyperparameters, init_log_sigma).
+    (target, d, target hyperparameters, init_log_sigma), in float64 numpy
+    (:func:`closed_form_constants`): they equal ``vi_sweep.targets``' float32 methods to float32
+    round-off, and no XLA program is compiled for three numbers.
     """
-    import jax.numpy as jnp
-
-    from vi_sweep.targets import make_target
-
     cache: dict[str, tuple[float, float, float]] = {}
     rows = []
     for fields in fields_list:
         params = {k[len("target_") :]: float(v) for k, v in fields.items() if k.startswith("target_")}
         key = json.dumps([fields["target"], fields["d"], params, fields["init_log_sigma"]], sort_keys=True)
         if key not in cache:
-            target = make_target(fields["target"], int(fields["d"]), **params)
-            d = int(fields["d"])
-            init = target.kl(jnp.zeros((d,)), jnp.full((d,), float(fields["init_log_sigma"])))
-            cache[key] = (float(init), float(target.kl_floor()), float(target.min_std()))
+            mean, diag, shared = target_structure(fields["target"], int(fields["d"]), params)
+            cache[key] = closed_form_constants(mean, diag, shared, float(fields["init_log_sigma"]))
         rows.append(cache[key])
     return pd.DataFrame(rows, columns=["init_kl", "kl_floor", "smallest_target_std"], dtype=float)
+
+
+def target_structure(name: str, d: int, params: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, float]:
+    r"""``(mean, diag, shared)`` of ``vi_sweep.targets.make_target(name, d, **params)`` in float64 numpy.
+
+    :math:`p = \mathcal N(m, \operatorname{diag}(a) + b\,\mathbf 1\mathbf 1^\top)` for each builder of
+    :data:`vi_sweep.targets.TARGETS` (a test checks this mirror against every one of them).
+    Hyperparameters are rounded to float32 first, as the trainer's targets hold them (rho = 0.9
+    is 0.89999998); a missing one takes its builder's default.
+    """
+    if name == "standard_normal":
+        return np.zeros(d), np.ones(d), 0.0
+    if name == "ill_conditioned":
+        exponents = np.linspace(-1.0, 0.0, d) if d > 1 else np.zeros(1)
+        return np.zeros(d), _target_param(name, params, "condition") ** exponents, 0.0
+    if name == "correlated":
+        rho = _target_param(name, params, "rho")
+        return np.zeros(d), np.full(d, 1.0 - rho), rho
+    if name == "shifted":
+        return np.full(d, _target_param(name, params, "offset")), np.ones(d), 0.0
+    raise ValueError(f"unknown target {name!r}; choose one of standard_normal, ill_conditioned, correlated, shifted")
+
+
+def _target_param(name: str, params: Mapping[str, float], key: str) -> float:
+    if key in params:
+        return float(np.float32(params[key]))
+    import inspect
+
+    from vi_sweep.targets import TARGETS  # only for hand-written fields without the hyperparameter
+
+    return float(np.float32(inspect.signature(TARGETS[name]).parameters[key].default))
+
+
+def closed_form_constants(mean: np.ndarray, diag: np.ndarray, shared: float, init_log_sigma: float) -> tuple[float, float, float]:
+    r"""``(init_kl, kl_floor, smallest_target_std)`` of :math:`\mathcal N(m, \operatorname{diag}(a) + b\mathbf 1\mathbf 1^\top)`.
+
+    The float64 twins of ``GaussianTarget.kl`` at :math:`\mu = 0`, :math:`\log\sigma_i = s`,
+    ``kl_floor`` and ``min_std`` (the same formulas; see :mod:`vi_sweep.targets`). With
+    :math:`c = b / (1 + b\sum_i 1/a_i)` (Sherman-Morrison) and
+    :math:`\log P_{ii} = -\log a_i + \operatorname{log1p}(-c/a_i)`:
+
+    .. math::
+        \mathrm{KL}_{\text{floor}} = \tfrac12\Big[\sum_i \operatorname{log1p}(-c/a_i)
+            + \operatorname{log1p}\big(b\textstyle\sum_i 1/a_i\big)\Big],\qquad
+        \mathrm{KL}_0 = \tfrac12 \sum_i f(2s + \log P_{ii}) + \tfrac12\, m^\top P m + \mathrm{KL}_{\text{floor}},
+
+    :math:`f(x) = e^x - 1 - x \ge 0`, and the smallest std is :math:`\sqrt{\min_i (a_i + b)}`.
+    Every term is clamped at 0, so round-off can never make the KL negative.
+    """
+    inv_diag = 1.0 / diag
+    c = shared / (1.0 + shared * np.sum(inv_diag))
+    log_precision_diag = -np.log(diag) + np.log1p(-c * inv_diag)
+    floor = max(0.5 * (np.sum(np.log1p(-c * inv_diag)) + np.log1p(shared * np.sum(inv_diag))), 0.0)
+    # In float64 expm1(x) - x loses ~1e-16/|x| relative, far below float32's round-off: no Taylor branch needed.
+    x = 2.0 * float(np.float32(init_log_sigma)) + log_precision_diag
+    spread = 0.5 * np.sum(np.maximum(np.expm1(x) - x, 0.0))
+    s = np.sum(mean * inv_diag)
+    location = 0.5 * max(np.sum(mean * mean * inv_diag) - c * s * s, 0.0)
+    return float(spread + location + floor), float(floor), float(np.sqrt(np.min(diag + shared)))

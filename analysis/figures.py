@@ -66,6 +66,11 @@ PAPER_RC: dict[str, Any] = {
     "savefig.bbox": "tight",
     "savefig.pad_inches": 0.02,
     "pdf.fonttype": 42,  # embed TrueType: editable text, accepted by paper submission systems
+    # Also the PDF backend's: it sizes its font subsets by ps.fonttype (matplotlib 3.11), and at
+    # the default 3 every glyph past U+00FF (the minus of log-axis labels, "\u2264") went into a
+    # second copy of DejaVu Sans, and each copy costs a fontTools subsetting pass (~50 ms a PDF).
+    # Keep the two equal: pdf.fonttype 3 with ps.fonttype 42 fails on those glyphs.
+    "ps.fonttype": 42,
     "svg.hashsalt": "vi_sweep",  # deterministic SVG ids should anyone save SVG
 }
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Iterator
 
 import numpy as np
@@ -166,10 +167,54 @@ def log_trend_t(steps: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def falling_critical_t(dof: int, alpha: float) -> float:
-    """The one-sided critical value :math:`t_{1-\\alpha, \\mathrm{dof}}` of Student's t (6.31 at dof 1)."""
-    from scipy.stats import t as student_t
+    r"""The one-sided critical value :math:`t_{1-\alpha, \nu}` of Student's t with :math:`\nu` = ``dof`` (6.31 at dof 1, alpha 0.05).
 
-    return float(student_t.ppf(1.0 - alpha, dof))
+    Solved in :math:`\theta = \arctan(t/\sqrt\nu)` from the closed form of :func:`abs_t_cdf`:
+    :math:`A(\theta) = 1 - 2\alpha` by Newton's method, with
+    :math:`A'(\theta) = \frac{2\,\Gamma((\nu+1)/2)}{\sqrt\pi\,\Gamma(\nu/2)} \cos^{\nu-1}\theta`.
+    :math:`A` is increasing and concave, and the start (the normal quantile) lies below the root
+    (t has the heavier tails), so the iterates increase monotonically to it; they stop when
+    round-off stops the steps shrinking. Agrees with ``scipy.stats.t.ppf`` to ~1e-12 relative
+    (1e-10 at dof 1e5) -- and importing scipy for it cost ~0.1 s of every report.
+    """
+    if dof < 1:
+        raise ValueError(f"dof={dof} must be >= 1")
+    if alpha > 0.5:
+        return -falling_critical_t(dof, 1.0 - alpha)
+    target = 1.0 - 2.0 * alpha
+    scale = 2.0 * math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(math.pi)
+    theta = math.atan(NormalDist().inv_cdf(1.0 - alpha) / math.sqrt(dof))
+    last = math.inf
+    for _ in range(100):
+        step = (target - abs_t_cdf(theta, dof)) / (scale * math.cos(theta) ** (dof - 1))
+        if abs(step) >= last:
+            break
+        theta += step
+        last = abs(step)
+    return math.sqrt(dof) * math.tan(theta)
+
+
+def abs_t_cdf(theta: float, dof: int) -> float:
+    r""":math:`A = P(|T| \le \sqrt\nu \tan\theta)` for Student's t with an integer :math:`\nu` = ``dof`` (Abramowitz & Stegun 26.7.3-4).
+
+    With :math:`c = \cos^2\theta`,
+
+    .. math::
+        \nu \text{ even:}\quad A = \sin\theta \sum_{k=0}^{\nu/2 - 1} a_k c^k,\quad a_0 = 1,\ a_k = a_{k-1}\tfrac{2k-1}{2k};
+        \qquad
+        \nu \text{ odd:}\quad A = \tfrac2\pi\Big[\theta + \sin\theta\cos\theta \sum_{k=0}^{(\nu-3)/2} b_k c^k\Big],\quad b_0 = 1,\ b_k = b_{k-1}\tfrac{2k}{2k+1}
+
+    (the sum is empty at :math:`\nu = 1`: :math:`A = 2\theta/\pi`). All terms are positive, so the
+    sum is accurate to about :math:`\nu` ulps.
+    """
+    c = math.cos(theta) ** 2
+    if dof % 2 == 0:
+        k = np.arange(1, dof // 2)
+        return math.sin(theta) * (1.0 + float(np.sum(np.cumprod((2 * k - 1) / (2 * k)) * c**k)))
+    if dof == 1:
+        return 2.0 * theta / math.pi
+    k = np.arange(1, (dof - 1) // 2)
+    return 2.0 / math.pi * (theta + math.sin(theta) * math.cos(theta) * (1.0 + float(np.sum(np.cumprod(2 * k / (2 * k + 1)) * c**k))))
 
 
 def _blocks(trajectories: pd.DataFrame, run_ids: np.ndarray, n_logged: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -15,9 +15,9 @@ import pytest
 from scipy import stats
 
 from analysis import baseline as baseline_module
-from analysis.baseline import References, exact_baselines, target_constants
+from analysis.baseline import References, closed_form_constants, exact_baselines, target_constants, target_structure
 from analysis.load import SkippedFileWarning, Sweep, SweepError, load_sweep, load_trajectories, read_sweep
-from analysis.outcomes import OUTCOMES, Thresholds, classify, log_trend_t, tail_length
+from analysis.outcomes import OUTCOMES, Thresholds, classify, falling_critical_t, log_trend_t, tail_length
 from analysis.phase import bootstrap_median_interval, cell_keys, example_cells, phase_table
 from tests.seed_notebook import reference_rows
 from tests.sweeps import composed_fields, grid, write_sweep
@@ -152,6 +152,15 @@ def test_log_trend_t_edge_cases():
     slope, t = log_trend_t(steps, np.array([[4.0, 2.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
     assert t[0] == -np.inf and t[1] == 0.0 and t[2] == 0.0  # exact geometric decay; flat; all zero
     assert np.isnan(log_trend_t(steps[:2], np.ones((1, 2)))[1]).all()  # no residual degree of freedom
+
+
+@pytest.mark.parametrize("alpha", [1e-4, 0.01, 0.05, 0.3, 0.5, 0.9])
+def test_falling_critical_t_is_scipy_stats_t_ppf(alpha):
+    for dof in [*range(1, 41), 99, 100, 1000, 5000]:
+        assert falling_critical_t(dof, alpha) == pytest.approx(stats.t.ppf(1.0 - alpha, dof), rel=1e-11, abs=1e-15)
+    assert falling_critical_t(1, 0.05) == pytest.approx(1.0 / np.tan(np.pi * 0.05), rel=1e-14)  # Cauchy: cot(pi alpha)
+    with pytest.raises(ValueError):
+        falling_critical_t(0, alpha)
 
 
 @pytest.mark.parametrize("n,expected", [(11, 3), (15, 3), (16, 4), (101, 21), (2, 2), (1, 1)])
@@ -303,6 +312,67 @@ def test_target_constants_are_the_closed_forms():
     init = 0.5 * (np.sum(np.diag(precision) * q) - d + np.linalg.slogdet(cov)[1] - np.sum(np.log(q)))
     assert correlated.init_kl == pytest.approx(init, rel=1e-4)
     assert ill.smallest_target_std == pytest.approx(0.1, rel=1e-5)
+
+
+TARGET_CASES = [
+    ("standard_normal", {}),
+    ("ill_conditioned", {"condition": 100.0}),
+    ("ill_conditioned", {"condition": 1e4}),
+    ("ill_conditioned", {}),  # the builder's default
+    ("correlated", {"rho": 0.5}),
+    ("correlated", {"rho": 0.9}),
+    ("correlated", {}),
+    ("shifted", {"offset": 3.0}),
+    ("shifted", {}),
+]
+
+
+def test_the_numpy_targets_mirror_every_builder_of_vi_sweep_targets():
+    from vi_sweep.targets import TARGETS, make_target
+
+    assert {name for name, _ in TARGET_CASES} == set(TARGETS)  # a new target needs its numpy twin
+    for name, params in TARGET_CASES:
+        for d in (1, 2, 7, 100):
+            target = make_target(name, d, **params)
+            mean, diag, shared = target_structure(name, d, params)
+            np.testing.assert_allclose(mean, np.asarray(target.mean), rtol=1e-6)
+            np.testing.assert_allclose(diag, np.asarray(target.diag), rtol=1e-6)
+            assert shared == pytest.approx(float(target.shared), rel=1e-6)
+    with pytest.raises(ValueError, match="unknown target"):
+        target_structure("banana", 3, {})
+
+
+@pytest.mark.parametrize("name,params", TARGET_CASES)
+def test_numpy_target_constants_equal_the_float32_jax_methods(name, params):
+    import jax.numpy as jnp
+
+    from vi_sweep.targets import make_target
+
+    for d in (1, 7, 100, 1000):
+        for s in (-3.0, -2.0, 0.0, 0.7):
+            fields = dict(target=name, d=d, init_log_sigma=s, **{f"target_{k}": v for k, v in params.items()})
+            ours = target_constants([fields]).iloc[0]
+            target = make_target(name, d, **params)
+            init = float(target.kl(jnp.zeros((d,)), jnp.full((d,), s)))
+            assert ours.init_kl == pytest.approx(init, rel=2e-6)
+            assert ours.kl_floor == pytest.approx(float(target.kl_floor()), rel=2e-6, abs=1e-6)
+            assert ours.smallest_target_std == pytest.approx(float(target.min_std()), rel=1e-6)
+
+
+def test_closed_form_kl_is_never_negative_and_accurate_near_the_optimum():
+    d = 100
+    for s in (1e-8, -1e-8, 1e-5, -1e-5, 0.0):
+        init_kl, floor, _ = closed_form_constants(np.zeros(d), np.ones(d), 0.0, s)
+        x = 2.0 * float(np.float32(s))
+        assert init_kl >= 0.0 and floor == 0.0
+        assert init_kl == pytest.approx(0.5 * d * (x * x / 2 + x**3 / 6), rel=1e-6, abs=0.0)
+    for name, params in TARGET_CASES:  # at the optimum log sigma of coordinate 0
+        mean, diag, shared = target_structure(name, 50, params)
+        inv_diag = 1.0 / diag
+        c = shared / (1.0 + shared * np.sum(inv_diag))
+        s = 0.5 * (np.log(diag[0]) - np.log1p(-c * inv_diag[0]))
+        init_kl, floor, _ = closed_form_constants(np.zeros(50), diag, shared, s)
+        assert init_kl >= floor >= 0.0
 
 
 def test_load_sweep_adds_outcomes_and_baseline_columns(small_sweep):

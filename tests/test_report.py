@@ -84,6 +84,8 @@ def test_report_writes_every_file_and_is_byte_identical_on_a_rerun(story_sweep, 
     assert "| 0.05 | 32 | 2 | converged (2/2) |" in summary
     assert (report / "phase_map.pdf").read_bytes().startswith(b"%PDF")
     assert b"CreationDate" not in (report / "phase_map.pdf").read_bytes()
+    # One embedded font per PDF, the minus of the log-scale colorbar included (PAPER_RC's ps.fonttype).
+    assert (report / "kl_excess.pdf").read_bytes().count(b"/FontFile2") == 1
 
 
 def test_figures_call_overlays_with_panel_coordinates(story_sweep):
