@@ -52,7 +52,7 @@ def test_a_group_over_budget_is_cut_into_equal_padded_chunks():
 
 def test_floats_per_run_counts_draws_coordinates_and_rows():
     spec = split_fields(fields(num_mc=8, d=100, steps=1000, log_every=100))[0]
-    assert floats_per_run(spec) == 4 * 8 * 100 + 16 * 100 + 10 * 11
+    assert floats_per_run(spec) == 6 * 8 * 100 + 16 * 100 + 10 * 11
 
 
 @pytest.mark.parametrize(

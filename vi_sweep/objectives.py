@@ -1,9 +1,11 @@
 r"""Objectives: what one training step differentiates. One registry, pure functions.
 
 The variational family is mean-field Gaussian, :math:`q = \mathcal N(\mu, \operatorname{diag}(\sigma^2))`
-with :math:`\sigma = e^{s}` (``log_sigma``). Every objective has the signature
-``loss(params, key, target) -> scalar`` and is chosen *before* tracing, so no string is ever
-branched on inside jitted code.
+with :math:`\sigma = e^{s}` (``log_sigma``). An objective is a pair (:class:`Objective`):
+``draw(key, d) -> noise``, the step's randomness, and ``loss(params, noise, target) -> scalar``,
+what the step differentiates. It is chosen *before* tracing, so no string is ever branched on
+inside jitted code. Drawing and differentiating are separate so that the trainer can draw the
+next step's noise while this step's gradient is computed (see :mod:`vi_sweep.trainer`).
 
 - ``exact``: the closed-form :math:`\mathrm{KL}(q\,\|\,p)` (:meth:`GaussianTarget.kl`).
 - ``mc``: a Monte-Carlo negative ELBO :math:`-\frac1M\sum_{m}[\log p(z_m) - \log q(z_m)]` with
@@ -48,8 +50,15 @@ class Params(NamedTuple):
     log_sigma: jax.Array  # shape=(d,)
 
 
-Loss = Callable[[Params, jax.Array, GaussianTarget], jax.Array]
+Loss = Callable[[Params, jax.Array, GaussianTarget], jax.Array]  # (params, noise, target) -> scalar
 Estimator = Callable[[Params, jax.Array, GaussianTarget], jax.Array]
+
+
+class Objective(NamedTuple):
+    """What a training step needs: its noise and the loss it differentiates."""
+
+    draw: Callable[[jax.Array, int], jax.Array]  # (key, d) -> noise
+    loss: Loss  # (params, noise, target) -> scalar
 
 
 def diag_normal_log_density(z: jax.Array, mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
@@ -101,33 +110,38 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 
-def exact_kl(params: Params, key: jax.Array, target: GaussianTarget) -> jax.Array:
-    """The closed-form KL(q || p); ``key`` is unused."""
-    del key
+def exact_kl(params: Params, noise: jax.Array, target: GaussianTarget) -> jax.Array:
+    """The closed-form KL(q || p); ``noise`` is empty and unused."""
+    del noise
     return target.kl(params.mu, params.log_sigma)
 
 
-def make_mc_objective(estimator: str, num_mc: int) -> Loss:
-    """A Monte-Carlo negative ELBO drawing eps of shape ``(num_mc, d)`` from the step's key."""
+def no_noise(key: jax.Array, d: int) -> jax.Array:
+    """The exact objective draws nothing: an empty ``(0, d)`` array."""
+    del key
+    return jnp.zeros((0, d))
+
+
+def make_mc_objective(estimator: str, num_mc: int) -> Objective:
+    """A Monte-Carlo negative ELBO; its noise is eps of shape ``(num_mc, d)`` drawn from the step's key."""
     try:
         estimate = ESTIMATORS[estimator]
     except KeyError:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}") from None
 
-    def mc_neg_elbo(params: Params, key: jax.Array, target: GaussianTarget) -> jax.Array:
-        eps = jax.random.normal(key, shape=(num_mc, params.mu.shape[0]))
-        return estimate(params, eps, target)
+    def draw_eps(key: jax.Array, d: int) -> jax.Array:
+        return jax.random.normal(key, shape=(num_mc, d))  # the notebook's draw
 
-    return mc_neg_elbo
+    return Objective(draw_eps, estimate)
 
 
 OBJECTIVES = ("exact", "mc")
 
 
-def make_objective(name: str, *, estimator: str, num_mc: int) -> Loss:
-    """The loss for ``objective.name``; ``estimator`` and ``num_mc`` only matter for ``mc``."""
+def make_objective(name: str, *, estimator: str, num_mc: int) -> Objective:
+    """The objective ``objective.name``; ``estimator`` and ``num_mc`` only matter for ``mc``."""
     if name == "exact":
-        return exact_kl
+        return Objective(no_noise, exact_kl)
     if name == "mc":
         return make_mc_objective(estimator, num_mc)
     raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")

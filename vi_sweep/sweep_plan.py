@@ -22,9 +22,10 @@ import math
 from typing import Any, Hashable, Mapping, NamedTuple, Optional, Sequence
 
 # Float32 values one run keeps alive per element of its (num_mc, d) draw and per coordinate:
-# the draw, z and their cotangents (4 per draw element); mu, log_sigma, their gradients, the
+# the draw, z and their cotangents, and the next step's draw carried in and out of the loop
+# (6 per draw element); mu, log_sigma, their gradients, the
 # optimizer's moments and the where-selected copies of the divergence guard (16 per coordinate).
-FLOATS_PER_DRAW = 4
+FLOATS_PER_DRAW = 6
 FLOATS_PER_COORDINATE = 16
 ROW_COLUMNS = 10  # fields of vi_sweep.trainer.Rows
 
@@ -72,7 +73,7 @@ def _freeze(value: Any) -> Hashable:
 def floats_per_run(spec: Any) -> int:
     """A float32 count proportional to one run's working set inside a batched call.
 
-    ``4 * num_mc * d + 16 * d + 10 * rows``: see :data:`FLOATS_PER_DRAW` and
+    ``6 * num_mc * d + 16 * d + 10 * rows``: see :data:`FLOATS_PER_DRAW` and
     :data:`FLOATS_PER_COORDINATE`. An estimate for budgeting, not an exact allocation count.
     """
     rows = spec.steps // spec.log_every + 1

@@ -7,7 +7,8 @@ One run is
     key = jax.random.key(seed);  mu = 0;  log_sigma = init_log_sigma
     for t = 1..steps:
         key, subkey = split(key)                       # one split per step (the notebook's stream)
-        loss_t, g = value_and_grad(objective)(params, subkey, target)
+        eps = draw(subkey, d)                          # (num_mc, d) normals
+        loss_t, g = value_and_grad(loss)(params, eps, target)
         params = optimizer.update(g, ...)              # skipped once a non-finite value appears
         if t == 1 or t % log_every == 0: log a row     # loss_t and the *updated* params
 
@@ -20,6 +21,12 @@ hashable :class:`TrainSpec` bound once by :func:`make_train`; everything numeric
 inside a sweep (lr, seed, init_log_sigma, optimizer and target hyperparameters) is a traced
 :class:`Hyper`, so ``jax.jit(jax.vmap(make_train(spec)))`` runs a whole grid as one program and
 changing those values never recompiles.
+
+The draw is pipelined: step t's ``eps`` is drawn during step t-1 (the first one in ``init``) and
+carried in the state. The stream is the same; but the normals are now a loop-carried buffer,
+computed once per step, where XLA's CPU fusion would otherwise recompute the inverse-erf of every
+sample inside each of the three fusions that read ``eps`` (measured: the reference grid's
+training calls 4.25 s -> 3.36 s; the floor of drawing alone is 2.75 s).
 
 Divergence: a step whose loss, gradient or new parameters are not finite is not applied; the
 run records ``diverged_at`` (that step, 1-based; 0 = never), keeps its last finite parameters
@@ -71,7 +78,8 @@ class TrainState(NamedTuple):
 
     params: Params
     opt_state: optax.OptState
-    key: jax.Array  # typed PRNG key, advanced by one split per step
+    key: jax.Array  # typed PRNG key, advanced by one split per step (one step ahead: see noise)
+    noise: jax.Array  # the next step's draw, e.g. eps of shape (num_mc, d); (0, d) for exact
     step: jax.Array  # shape=(), int32: steps taken so far
     diverged_at: jax.Array  # shape=(), int32: first non-finite step (1-based), 0 = never
 
@@ -124,6 +132,7 @@ def _global_norm(tree: Any) -> jax.Array:
 def make_train(spec: TrainSpec):
     """Bind the static spec; return ``train(hyper) -> (TrainState, Rows)`` (pure, jit/vmap-able)."""
     objective = make_objective(spec.objective, estimator=spec.estimator, num_mc=spec.num_mc)
+    draw = objective.draw
     static_opt = dict(spec.optimizer_static)
     clip_on = static_opt.pop("clip", False)
     gaps = _gaps(spec.steps, spec.log_every)
@@ -142,10 +151,12 @@ def make_train(spec: TrainSpec):
         mu = jnp.zeros((spec.d,))
         log_sigma = jnp.ones((spec.d,)) * hyper.init_log_sigma
         params = Params(mu, log_sigma)
+        key, subkey = jax.random.split(jax.random.key(hyper.seed))  # step 1's draw
         return TrainState(
             params=params,
             opt_state=optimizer.init(params),
-            key=jax.random.key(hyper.seed),
+            key=key,
+            noise=draw(subkey, spec.d),
             step=jnp.zeros((), jnp.int32),
             diverged_at=jnp.zeros((), jnp.int32),
         )
@@ -154,8 +165,8 @@ def make_train(spec: TrainSpec):
         optimizer, target = build(hyper)
 
         def step(state: TrainState) -> tuple[TrainState, StepInfo]:
-            key, subkey = jax.random.split(state.key)
-            loss, grads = jax.value_and_grad(objective)(state.params, subkey, target)
+            loss, grads = jax.value_and_grad(objective.loss)(state.params, state.noise, target)
+            key, subkey = jax.random.split(state.key)  # the next step's draw
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             t = state.step + 1
@@ -167,6 +178,7 @@ def make_train(spec: TrainSpec):
                 params=keep(params, state.params),
                 opt_state=keep(opt_state, state.opt_state),
                 key=key,
+                noise=draw(subkey, spec.d),
                 step=t,
                 diverged_at=jnp.where(alive & ~finite, t, state.diverged_at),
             )

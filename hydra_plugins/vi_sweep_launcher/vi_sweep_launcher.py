@@ -29,7 +29,7 @@ class BatchedLauncherConf:
     max_batch_floats
         Memory budget of one compiled call, in float32 values (default 2**27 = 512 MiB):
         a group whose runs need more (``vi_sweep.sweep_plan.floats_per_run``, about
-        ``4 num_mc d + 16 d`` each) is split into equal chunks. Up to three chunks can be in flight.
+        ``6 num_mc d + 16 d`` each) is split into equal chunks. Up to three chunks can be in flight.
     max_runs_per_call
         Optional cap on the runs of one call (null: the budget alone decides).
     cpu_devices
