@@ -169,6 +169,32 @@ def test_a_failing_report_is_one_line_and_does_not_raise(tiny_sweep, tmp_path, c
     assert capsys.readouterr().err == ""
 
 
+def test_the_sweep_process_imports_the_report_while_jobs_run_and_workers_do_not(monkeypatch):
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    import vi_sweep.callbacks
+    from vi_sweep.callbacks import SweepSummary
+
+    imported = []
+    monkeypatch.setattr(vi_sweep.callbacks, "_import_quietly", imported.append)
+    config = OmegaConf.create({})
+    in_sweep = SweepSummary()
+    in_sweep.on_multirun_start(config)
+    in_sweep.on_job_start(config)
+    in_sweep.on_job_start(config)  # once per sweep
+    in_sweep._prefetch.join()
+    assert imported == ["analysis.report"]
+    # As submitit ships it to a worker: the thread is not pickled, and the worker (another
+    # process, here faked by another pid) does not import the report.
+    worker = pickle.loads(pickle.dumps(in_sweep))
+    worker._sweep_pid += 1
+    worker.on_job_start(config)
+    assert worker._prefetch is None
+    assert SweepSummary(report=False)._prefetch is None
+
+
 def test_example_notebook_rebuilds_the_phase_map(tiny_sweep, monkeypatch):
     import nbformat
     from nbclient import NotebookClient

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +26,41 @@ class SweepSummary(Callback):
 
     def __init__(self, report: bool = True) -> None:
         self.report = report
+        self._sweep_pid: int | None = None  # the process that runs on_multirun_end
+        self._prefetch: threading.Thread | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_prefetch": None}  # a thread does not pickle (submitit)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._sweep_pid = os.getpid()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """With the sweep's first job, start importing the report's modules (pandas, matplotlib:
+        ~0.5 s) on a background thread. A job starts once its training is done and, with the
+        batched launcher, while the other chunks train on XLA's threads, so the import overlaps
+        training instead of adding to the sweep's end. Not in a job running in another process
+        (a submitit worker): the report is written where the sweep was started."""
+        if self.report and self._prefetch is None and self._sweep_pid == os.getpid():
+            self._prefetch = threading.Thread(target=_import_quietly, args=("analysis.report",), daemon=True)
+            self._prefetch.start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         jobs = len(list(sweep_dir.glob(f"*/{METRICS_FILE}")))
         print(f"vi_sweep: {jobs} runs written to {sweep_dir}", flush=True)
         if self.report and jobs:
+            if self._prefetch is not None:
+                self._prefetch.join()
             write_sweep_report(sweep_dir)
+
+
+def _import_quietly(name: str) -> None:
+    """Import a module ahead of its use; any failure is left for the real import to report."""
+    try:
+        importlib.import_module(name)
+    except BaseException:  # noqa: BLE001 - the report's own import repeats it and says what broke
+        pass
 
 
 def write_sweep_report(sweep_dir: Path) -> int:
