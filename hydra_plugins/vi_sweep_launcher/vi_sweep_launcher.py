@@ -98,7 +98,14 @@ class BatchedLauncher(Launcher):
         self.task_function: Optional[TaskFunction] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        import gc
+
         from vi_sweep.compose import TemplateComposer
+
+        # The sweeper composes every job once to validate the batch before launch(): keep the
+        # long-lived objects of start-up out of the cyclic collector's way for that too (see
+        # vi_sweep.batched.launch, which unfreezes them at its end).
+        gc.freeze()
 
         # The sweeper shares this context and composes every job once more to validate the
         # batch; with the template composer both passes cost a deep copy per job, not a full
