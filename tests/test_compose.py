@@ -86,3 +86,36 @@ def test_a_new_master_config_never_reuses_an_old_template(loader_and_master):
     other = loader.load_configuration("config", ["hydra.sweep.dir=/tmp/unused", "d=7"], RunMode.MULTIRUN)
     assert_same_config(composer.load_sweep_config(other, ["lr=0.2"]), loader.load_sweep_config(other, ["lr=0.2"]))
     assert composer.full_compositions == 2
+
+
+def test_scratch_configs_equal_hydras_and_reuse_one_copy_per_shape(loader_and_master):
+    loader, master = loader_and_master
+    composer = TemplateComposer(loader)
+    seen = {}
+    for overrides in JOBS:
+        cfg = composer.scratch_sweep_config(master, overrides)
+        assert_same_config(cfg, loader.load_sweep_config(master, overrides))
+        seen.setdefault(id(cfg), []).append(overrides)
+    # the two plain-value jobs after the first share one scratch copy (the first is Hydra's own)
+    assert [["lr=0.3", "num_mc=5", "seed=4"], ["lr=1", "num_mc=5", "seed=4"]] in seen.values()
+
+
+def test_a_failed_scratch_composition_does_not_leak_into_the_next_job(loader_and_master):
+    loader, master = loader_and_master
+    composer = TemplateComposer(loader)
+    composer.scratch_sweep_config(master, ["num_mc=2", "lr=0.1"])  # the template
+    composer.scratch_sweep_config(master, ["num_mc=3", "lr=0.2"])  # the scratch copy
+    with pytest.raises(ConfigCompositionException):
+        composer.scratch_sweep_config(master, ["num_mc=4", "lr=abc"])  # num_mc is set, then lr fails
+    assert_same_config(composer.scratch_sweep_config(master, ["num_mc=5", "lr=0.3"]), loader.load_sweep_config(master, ["num_mc=5", "lr=0.3"]))
+
+
+def test_scratch_mode_is_only_for_load_sweep_config_callers_that_drop_the_config(loader_and_master):
+    loader, master = loader_and_master
+    composer = TemplateComposer(loader)
+    composer.load_sweep_config(master, ["lr=0.1"])
+    composer.scratch = True  # as the batched launcher sets it while Hydra's basic sweeper validates
+    assert composer.load_sweep_config(master, ["lr=0.2"]) is composer.load_sweep_config(master, ["lr=0.3"])
+    composer.scratch = False
+    first, second = composer.load_sweep_config(master, ["lr=0.2"]), composer.load_sweep_config(master, ["lr=0.3"])
+    assert first is not second and (first.lr, second.lr) == (0.2, 0.3)

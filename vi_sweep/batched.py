@@ -47,6 +47,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydra_plugins.vi_sweep_launcher.vi_sweep_launcher import BatchedLauncherConf
 from vi_sweep.app import finish_job, job_fields, job_scenario, quiet_jax_logs
+from vi_sweep.compose import TemplateComposer
 from vi_sweep.config import ConfigError
 from vi_sweep.job_dirs import write_job_dir
 from vi_sweep.results import METRICS_FILE, read_fields
@@ -210,7 +211,7 @@ def compose_jobs(
     jobs = []
     for offset, overrides in enumerate(job_overrides):
         num = initial_job_idx + offset
-        cfg = compose_job(hydra_context, config, overrides, num)
+        cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
         with _as_current_hydra_config(cfg):  # interpolations such as ${hydra:job.num} read it
             task_values = {key: _plain(cfg[key]) for key in cfg if key != "hydra"}
             out_dir = Path(os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir))))
@@ -227,9 +228,17 @@ def compose_jobs(
     return jobs
 
 
-def compose_job(hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str], num: int) -> DictConfig:
-    """The job's full config, as Hydra's basic launcher composes it."""
-    cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+def compose_job(
+    hydra_context: HydraContext, config: DictConfig, overrides: Sequence[str], num: int, *, scratch: bool = False
+) -> DictConfig:
+    """The job's full config, as Hydra's basic launcher composes it.
+
+    With ``scratch``, a config to read and drop before the next call (see
+    :meth:`vi_sweep.compose.TemplateComposer.scratch_sweep_config`).
+    """
+    loader = hydra_context.config_loader
+    compose = loader.scratch_sweep_config if scratch and isinstance(loader, TemplateComposer) else loader.load_sweep_config
+    cfg = compose(config, list(overrides))
     with open_dict(cfg):
         cfg.hydra.job.id = num
         cfg.hydra.job.num = num

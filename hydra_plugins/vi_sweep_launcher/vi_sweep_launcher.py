@@ -84,6 +84,8 @@ class BatchedLauncherConf:
     slurm_setup: List[str] = field(default_factory=list)
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
 ConfigStore.instance().store(group="hydra/launcher", name="batched", node=BatchedLauncherConf, provider="vi_sweep")
 
 
@@ -96,6 +98,7 @@ class BatchedLauncher(Launcher):
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
+        self.scratch_validation = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         import gc
@@ -112,6 +115,11 @@ class BatchedLauncher(Launcher):
         # composition (the configs are equal, see vi_sweep.compose).
         if not isinstance(hydra_context.config_loader, TemplateComposer):
             hydra_context.config_loader = TemplateComposer(hydra_context.config_loader)
+        # Hydra's basic sweeper composes every job only to see that it composes, and drops it:
+        # it may have scratch configs until launch() (vi_sweep.compose.TemplateComposer.scratch).
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
+        self.scratch_validation = sweeper == BASIC_SWEEPER
+        hydra_context.config_loader.scratch = self.scratch_validation
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.config = config
@@ -120,13 +128,18 @@ class BatchedLauncher(Launcher):
         from vi_sweep.batched import LauncherOptions, launch
 
         assert self.hydra_context is not None and self.config is not None
-        return launch(
-            hydra_context=self.hydra_context,
-            config=self.config,
-            job_overrides=job_overrides,
-            initial_job_idx=initial_job_idx,
-            options=LauncherOptions(**{key: _plain(value) for key, value in self.options.items()}),
-        )
+        loader = self.hydra_context.config_loader
+        loader.scratch = False  # from here on every job gets its own config
+        try:
+            return launch(
+                hydra_context=self.hydra_context,
+                config=self.config,
+                job_overrides=job_overrides,
+                initial_job_idx=initial_job_idx,
+                options=LauncherOptions(**{key: _plain(value) for key, value in self.options.items()}),
+            )
+        finally:
+            loader.scratch = self.scratch_validation  # the sweeper validates its next batch
 
 
 def _plain(value: Any) -> Any:
