@@ -23,12 +23,13 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
 from analysis.baseline import BaselineCacheWarning, exact_baselines
+from analysis.figure_helper import FigureHelper, draw_all, start_helper
 from analysis.figures import (
     Overlay,
     Panel,
@@ -171,6 +172,7 @@ def write_report(
     cells: Sequence[Mapping[str, Any]] | None = None,
     cache_baselines: bool = True,
     thresholds: Thresholds | None = None,
+    parallel: bool = True,
 ) -> Path:
     """Classify the sweep in ``sweep_dir`` and write ``sweep_dir/report/``; return its path.
 
@@ -185,8 +187,26 @@ def write_report(
         Cache computed exact baselines in ``sweep_dir/baselines/``.
     thresholds
         Classifier thresholds (default :class:`analysis.outcomes.Thresholds`).
+    parallel
+        Draw the figures on two cores where there are two (:mod:`analysis.figure_helper`); the
+        files are the same either way.
     """
     thresholds = thresholds or Thresholds()
+    helper = start_helper(_usable_cores()) if parallel else None  # it starts up while the sweep is read
+    try:
+        return _write_report(sweep_dir, cells, cache_baselines, thresholds, helper)
+    finally:
+        if helper is not None:
+            helper.close()
+
+
+def _write_report(
+    sweep_dir: str | os.PathLike,
+    cells: Sequence[Mapping[str, Any]] | None,
+    cache_baselines: bool,
+    thresholds: Thresholds,
+    helper: FigureHelper | None,
+) -> Path:
     sweep = read_sweep(sweep_dir)
     references = exact_baselines(sweep, cache=cache_baselines)
     runs = classify(sweep, references, thresholds)
@@ -203,31 +223,65 @@ def write_report(
         os.chmod(staging, 0o777 & ~current_umask())
         _write_csv(cells_table, staging / "phase_table.csv")
         _write_csv(runs, staging / "runs.csv")
-        figures: list[str] = []
         runs.attrs["cell_keys"] = keys
+        jobs: list[FigureJob] = []
         for facet, sub in split_facets(cells_table, keys=keys):
             suffix = _facet_suffix(facet)
             facet_runs = select_rows(runs, facet)
-            theory = theory_overlays(facet_runs)
-            for name, fig in (
-                ("phase_map", phase_map(sub, facet=facet, overlays=theory.get("phase_map", ()))),
-                ("kl_excess", excess_heatmap(sub, facet=facet, overlays=theory.get("kl_excess", ()))),
-                ("sigma", sigma_statistics(facet_runs, facet=facet)),
-            ):
-                save_figure(fig, staging / f"{name}{suffix}")
-                figures.append(f"{name}{suffix}")
+            for kind in ("phase_map", "kl_excess", "sigma"):
+                jobs.append(FigureJob(kind, str(staging / f"{kind}{suffix}"), (sub, facet_runs, facet)))
         if chosen:
-            save_figure(kl_curves(runs, sweep.trajectories, references.trajectories, chosen), staging / "kl_curves")
-            figures.append("kl_curves")
+            jobs.append(FigureJob("kl_curves", str(staging / "kl_curves"), (runs, sweep.trajectories, references.trajectories, chosen)))
+        draw_all(jobs, render_figure, helper)
+        figures = [Path(job.stem).name for job in jobs]
         summary = summary_markdown(
             sweep_dir.resolve().name, runs, cells_table, keys, references.baselines, thresholds, figures, sweep.skipped, sweep.unfinished
         )
         (staging / "summary.md").write_text(summary, encoding="utf-8")
         _swap_in(staging, final)
     except BaseException:
+        if helper is not None:  # it may still be writing into the staging directory
+            helper.close()
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+# --------------------------------------------------------------------------------------------
+# Figures (drawn on two cores by analysis.figure_helper)
+# --------------------------------------------------------------------------------------------
+
+
+class FigureJob(NamedTuple):
+    """One figure of the report: what to draw, where (``stem`` + ``.png``/``.pdf``), from what."""
+
+    kind: str  # phase_map | kl_excess | sigma: args = (cell table, runs, facet); kl_curves: kl_curves' args
+    stem: str
+    args: tuple
+
+
+def render_figure(job: FigureJob) -> str:
+    """Draw and save one figure; return its name. Runs in this process or in the figure helper."""
+    if job.kind == "kl_curves":
+        fig = kl_curves(*job.args)
+    else:
+        cells_table, runs, facet = job.args
+        overlays = theory_overlays(runs).get(job.kind, ())
+        if job.kind == "phase_map":
+            fig = phase_map(cells_table, facet=facet, overlays=overlays)
+        elif job.kind == "kl_excess":
+            fig = excess_heatmap(cells_table, facet=facet, overlays=overlays)
+        else:
+            fig = sigma_statistics(runs, facet=facet)
+    save_figure(fig, job.stem)
+    return Path(job.stem).name
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 # The first-order theory of analysis/theory.py holds for exactly this configuration.

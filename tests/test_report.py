@@ -73,6 +73,8 @@ def test_report_writes_every_file_and_is_byte_identical_on_a_rerun(story_sweep, 
     assert len(list((sweep_dir / "baselines").glob("*/metrics.parquet"))) == 5  # one per lr
     write_report(sweep_dir)  # warm: baselines from the cache
     assert digests(report) == first
+    write_report(sweep_dir, parallel=False)  # every figure drawn in this process, none in the helper
+    assert digests(report) == first
     assert not [p.name for p in sweep_dir.iterdir() if p.name.startswith(".report")]
 
     table = pd.read_csv(report / "phase_table.csv")
@@ -208,6 +210,51 @@ def test_example_notebook_rebuilds_the_phase_map(tiny_sweep, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the phase map was drawn
     assert any("frac_converged" in o.get("data", {}).get("text/plain", "") for o in outputs)  # the phase table
+
+
+def test_figures_are_shared_with_the_helper_and_drawn_here_if_it_fails():
+    import time
+
+    from analysis.figure_helper import FigureHelper, draw_all
+
+    jobs = [f"job{i}" for i in range(60)]
+    drawn_here = []
+
+    def draw_slowly(job):  # 6 s for all 60 here: the helper is up long before that
+        if "job0" not in drawn_here:  # (the helper's failures, drawn again at the end, go fast)
+            time.sleep(0.1)
+        drawn_here.append(job)
+
+    helper = FigureHelper()
+    try:
+        # The helper draws with analysis.report.render_figure, which fails on these jobs: it
+        # answers each with an error, and every job it took is drawn here once more.
+        draw_all(jobs, draw_slowly, helper)
+    finally:
+        helper.close()
+    assert sorted(drawn_here) == sorted(jobs) and len(drawn_here) == len(jobs)
+    taken_here_first = drawn_here[: drawn_here.index("job0")]
+    assert taken_here_first == jobs[::-1][: len(taken_here_first)]  # this process took from the back
+    assert len(taken_here_first) < len(jobs)  # and the helper took some from the front
+    assert helper.proc.returncode == 0
+
+
+def test_a_dead_helper_leaves_every_figure_to_this_process():
+    from analysis.figure_helper import FigureHelper, draw_all
+
+    helper = FigureHelper()
+    helper.proc.kill()
+    helper.proc.wait()
+    drawn_here = []
+    draw_all(list(range(5)), drawn_here.append, helper)
+    helper.close()
+    assert sorted(drawn_here) == [0, 1, 2, 3, 4]
+
+
+def test_no_helper_on_one_core():
+    from analysis.figure_helper import start_helper
+
+    assert start_helper(cores=1) is None
 
 
 def test_save_figure_keeps_dots_in_facet_names_and_writes_reproducible_bytes(tmp_path):

@@ -1,0 +1,141 @@
+"""A second process that draws report figures, so a report uses two cores.
+
+Drawing is single-threaded Python (matplotlib), about 0.3 s a figure, and it is most of a
+report's time. :class:`FigureHelper` starts a Python running :func:`main` (a fresh
+interpreter: safe in a process running JAX's threads, where ``fork`` is not, and unlike
+``multiprocessing``'s ``spawn`` it never re-imports the caller's ``__main__``). The helper
+imports matplotlib and pandas (~0.6 s) while the caller reads and classifies the sweep, then
+draws the jobs it is sent.
+
+:func:`draw_all` shares a list of jobs between the two processes: the helper takes jobs from the
+front, the caller from the back, until they meet. A job the helper fails on, or every job left
+if it dies, is drawn by the caller, so the figures never depend on the helper; they are the
+same files either way (same code, same rc, deterministic output).
+
+Protocol (pickles over the helper's stdin/stdout): the helper writes ``"ready"`` once imported,
+then answers each job with ``None`` (drawn) or an error message; ``None`` sent to it means stop.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from typing import Any, BinaryIO, Callable, Optional, Sequence
+
+READY = "ready"
+
+
+class FigureHelper:
+    """The helper process (started at construction; :meth:`close` ends it)."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # import what the caller imports
+        self.proc = subprocess.Popen(
+            # not ``-m``: the package's __init__ imports this module before runpy would run it
+            [sys.executable, "-c", "from analysis.figure_helper import main; main()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+
+    def close(self) -> None:
+        """Stop the helper (it finishes the job it is on) and reap it."""
+        try:
+            assert self.proc.stdin is not None
+            pickle.dump(None, self.proc.stdin)
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_helper(cores: int) -> Optional[FigureHelper]:
+    """A helper if there is a second core and a process can be started, else None."""
+    if cores < 2:
+        return None
+    try:
+        return FigureHelper()
+    except OSError:
+        return None
+
+
+def draw_all(jobs: Sequence[Any], draw: Callable[[Any], Any], helper: Optional[FigureHelper]) -> None:
+    """``draw(job)`` for every job, here and in the helper (see the module docstring)."""
+    lock = threading.Lock()
+    bounds = [0, len(jobs)]  # jobs[front:back] are not taken yet
+    failed: list[int] = []
+
+    def take(front: bool) -> Optional[int]:
+        with lock:
+            if bounds[0] >= bounds[1]:
+                return None
+            if front:
+                bounds[0] += 1
+                return bounds[0] - 1
+            bounds[1] -= 1
+            return bounds[1]
+
+    def feed() -> None:
+        assert helper is not None and helper.proc.stdin is not None and helper.proc.stdout is not None
+        index = None
+        try:
+            if pickle.load(helper.proc.stdout) != READY:
+                return
+            while (index := take(front=True)) is not None:
+                pickle.dump(jobs[index], helper.proc.stdin)
+                helper.proc.stdin.flush()
+                if pickle.load(helper.proc.stdout) is not None:  # the helper's error: draw it here
+                    failed.append(index)
+                index = None
+        except (EOFError, OSError, pickle.PickleError):  # the helper died: draw what it held here
+            if index is not None:
+                failed.append(index)
+
+    feeder = threading.Thread(target=feed, daemon=True) if helper is not None else None
+    if feeder is not None:
+        feeder.start()
+    while (index := take(front=False)) is not None:
+        draw(jobs[index])
+    if feeder is not None:
+        feeder.join()
+    for index in sorted(failed):
+        draw(jobs[index])  # an error here is the caller's to raise
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """The helper's loop: draw each job read from ``stdin`` with ``analysis.report.render_figure``."""
+    from analysis.report import render_figure
+
+    pickle.dump(READY, stdout)
+    stdout.flush()
+    while True:
+        try:
+            job = pickle.load(stdin)
+        except EOFError:
+            return
+        if job is None:
+            return
+        try:
+            render_figure(job)
+            answer = None
+        except Exception as err:  # noqa: BLE001 - reported to the caller, which draws the job itself
+            answer = f"{type(err).__name__}: {err}"
+        pickle.dump(answer, stdout)
+        stdout.flush()
+
+
+def main() -> None:
+    # The protocol owns the original stdout; anything else printed here goes to stderr.
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    serve(sys.stdin.buffer, protocol)
