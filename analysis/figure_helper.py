@@ -13,13 +13,15 @@ if it dies, is drawn by the caller, so the figures never depend on the helper; t
 same files either way (same code, same rc, deterministic output).
 
 Protocol (pickles over the helper's stdin/stdout): the helper writes ``"ready"`` once imported,
-then answers each job with ``None`` (drawn) or an error message; ``None`` sent to it means stop.
+then answers each job with ``None`` (drawn) or an error message; the end of its input (or
+``None``) means stop.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -41,12 +43,14 @@ class FigureHelper:
             env=env,
         )
 
-    def close(self) -> None:
-        """Stop the helper (it finishes the job it is on) and reap it."""
+    def close(self, *, kill: bool = False) -> None:
+        """End the helper and reap it: it stops at the end of its input (after the job it is
+        on), or at once with ``kill`` (the caller is failing and will remove what it wrote)."""
+        if kill:
+            self.proc.kill()
         try:
             assert self.proc.stdin is not None
-            pickle.dump(None, self.proc.stdin)
-            self.proc.stdin.close()
+            self.proc.stdin.close()  # end of input: the helper's loop returns
         except (BrokenPipeError, OSError, ValueError):
             pass
         try:
@@ -96,7 +100,7 @@ def draw_all(jobs: Sequence[Any], draw: Callable[[Any], Any], helper: Optional[F
                 if pickle.load(helper.proc.stdout) is not None:  # the helper's error: draw it here
                     failed.append(index)
                 index = None
-        except (EOFError, OSError, pickle.PickleError):  # the helper died: draw what it held here
+        except (EOFError, OSError, ValueError, pickle.PickleError):  # the helper died or was closed: draw what it held here
             if index is not None:
                 failed.append(index)
 
@@ -120,7 +124,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
     while True:
         try:
             job = pickle.load(stdin)
-        except EOFError:
+        except (EOFError, pickle.UnpicklingError):  # the caller closed our input: done
             return
         if job is None:
             return
@@ -134,6 +138,8 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group: the caller handles it (and kills this process).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol owns the original stdout; anything else printed here goes to stderr.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -241,7 +241,7 @@ def _write_report(
         _swap_in(staging, final)
     except BaseException:
         if helper is not None:  # it may still be writing into the staging directory
-            helper.close()
+            helper.close(kill=True)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final

@@ -251,6 +251,20 @@ def test_a_dead_helper_leaves_every_figure_to_this_process():
     assert sorted(drawn_here) == [0, 1, 2, 3, 4]
 
 
+def test_a_figure_failing_here_stops_the_helper_and_leaves_no_report(tiny_sweep, tmp_path, monkeypatch):
+    import analysis.report
+
+    def broken(job):
+        raise RuntimeError("backend exploded")
+
+    monkeypatch.setattr(analysis.report, "render_figure", broken)  # this process only, not the helper
+    sweep_dir = copy_sweep(tiny_sweep, tmp_path)
+    with pytest.raises(RuntimeError, match="backend exploded"):
+        write_report(sweep_dir)
+    assert not (sweep_dir / "report").exists()
+    assert not [p.name for p in sweep_dir.iterdir() if p.name.startswith(".report")]
+
+
 def test_no_helper_on_one_core():
     from analysis.figure_helper import start_helper
 
