@@ -8,9 +8,10 @@ imports matplotlib and pandas (~0.6 s) while the caller reads and classifies the
 draws the jobs it is sent.
 
 :func:`draw_all` shares a list of jobs between the two processes: the helper takes jobs from the
-front, the caller from the back, until they meet. A job the helper fails on, or every job left
-if it dies, is drawn by the caller, so the figures never depend on the helper; they are the
-same files either way (same code, same rc, deterministic output).
+front, the caller from the back, until they meet. A job the helper fails on, the one it holds
+if it dies (or is silent for :data:`JOB_TIMEOUT_S`), and every job if it never gets ready are
+drawn by the caller, so the figures never depend on the helper; they are the same files either
+way (same code, same rc, deterministic output).
 
 Protocol (pickles over the helper's stdin/stdout): the helper writes ``"ready"`` once imported,
 then answers each job with ``None`` (drawn) or an error message; the end of its input (or
@@ -21,23 +22,40 @@ from __future__ import annotations
 
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import threading
 from typing import Any, BinaryIO, Callable, Optional, Sequence
 
 READY = "ready"
+JOB_TIMEOUT_S = 120.0  # a figure takes ~0.3 s; a helper silent this long is killed and its job drawn here
+# SIGINT goes to the whole process group: the caller handles Ctrl-C (and kills the helper), so the
+# helper ignores it from its first line, before its imports.
+_HELPER_CODE = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); from analysis.figure_helper import main; main()"
+
+
+def _import_path() -> str:
+    """The caller's ``sys.path`` as a PYTHONPATH ("" -- the cwd -- made absolute; non-paths left out)."""
+    entries = []
+    for entry in sys.path:
+        try:
+            path = os.fsdecode(os.fspath(entry))
+        except TypeError:  # not a path (an import hook's object)
+            continue
+        entries.append(os.path.abspath(path) if path == "" else path)
+    return os.pathsep.join(entries)
 
 
 class FigureHelper:
     """The helper process (started at construction; :meth:`close` ends it)."""
 
     def __init__(self) -> None:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))  # import what the caller imports
+        # Import exactly what the caller imports: its sys.path, and not the cwd that ``-c`` would
+        # put first (PYTHONSAFEPATH), where a user's own ``analysis`` package may live.
+        env = dict(os.environ, PYTHONPATH=_import_path(), PYTHONSAFEPATH="1")
         self.proc = subprocess.Popen(
             # not ``-m``: the package's __init__ imports this module before runpy would run it
-            [sys.executable, "-c", "from analysis.figure_helper import main; main()"],
+            [sys.executable, "-c", _HELPER_CODE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -68,7 +86,7 @@ def start_helper(cores: int) -> Optional[FigureHelper]:
         return None
     try:
         return FigureHelper()
-    except OSError:
+    except Exception:  # noqa: BLE001 - no helper, for whatever reason: the caller draws everything
         return None
 
 
@@ -88,21 +106,25 @@ def draw_all(jobs: Sequence[Any], draw: Callable[[Any], Any], helper: Optional[F
             bounds[1] -= 1
             return bounds[1]
 
+    ready = threading.Event()
+    held: list[Optional[int]] = [None]  # the job the helper is drawing
+
     def feed() -> None:
         assert helper is not None and helper.proc.stdin is not None and helper.proc.stdout is not None
-        index = None
         try:
             if pickle.load(helper.proc.stdout) != READY:
                 return
+            ready.set()
             while (index := take(front=True)) is not None:
+                held[0] = index
                 pickle.dump(jobs[index], helper.proc.stdin)
                 helper.proc.stdin.flush()
                 if pickle.load(helper.proc.stdout) is not None:  # the helper's error: draw it here
                     failed.append(index)
-                index = None
-        except (EOFError, OSError, ValueError, pickle.PickleError):  # the helper died or was closed: draw what it held here
-            if index is not None:
-                failed.append(index)
+                held[0] = None
+        except BaseException:  # noqa: BLE001 - the helper died, was killed, or a job would not pickle
+            if held[0] is not None:
+                failed.append(held[0])  # draw it here
 
     feeder = threading.Thread(target=feed, daemon=True) if helper is not None else None
     if feeder is not None:
@@ -110,7 +132,13 @@ def draw_all(jobs: Sequence[Any], draw: Callable[[Any], Any], helper: Optional[F
     while (index := take(front=False)) is not None:
         draw(jobs[index])
     if feeder is not None:
-        feeder.join()
+        assert helper is not None
+        # Every job is taken. A helper not ready by now holds none: stop waiting for it. One
+        # drawing gets JOB_TIMEOUT_S; after that it is killed and its job drawn here.
+        feeder.join(timeout=JOB_TIMEOUT_S if ready.is_set() else 0.0)
+        if feeder.is_alive():
+            helper.proc.kill()
+            feeder.join()
     for index in sorted(failed):
         draw(jobs[index])  # an error here is the caller's to raise
 
@@ -138,8 +166,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
 
 
 def main() -> None:
-    # Ctrl-C reaches the whole process group: the caller handles it (and kills this process).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """The helper process (started with :data:`_HELPER_CODE`)."""
     # The protocol owns the original stdout; anything else printed here goes to stderr.
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

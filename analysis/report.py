@@ -43,7 +43,7 @@ from analysis.figures import (
     sigma_statistics,
     split_facets,
 )
-from analysis.load import SkippedFileWarning, SweepError, read_sweep
+from analysis.load import SkippedFileWarning, Sweep, SweepError, read_sweep
 from analysis.outcomes import OUTCOMES, Thresholds, classify
 from analysis.phase import cell_keys, example_cells, phase_table
 from analysis.theory import sgd_overlay_lines
@@ -192,22 +192,23 @@ def write_report(
         files are the same either way.
     """
     thresholds = thresholds or Thresholds()
-    helper = start_helper(_usable_cores()) if parallel else None  # it starts up while the sweep is read
+    sweep = read_sweep(sweep_dir)  # a missing or empty sweep fails here, before any process starts
+    helper = start_helper(_usable_cores()) if parallel else None  # it imports while the runs are classified
     try:
-        return _write_report(sweep_dir, cells, cache_baselines, thresholds, helper)
+        return _write_report(sweep, sweep_dir, cells, cache_baselines, thresholds, helper)
     finally:
         if helper is not None:
             helper.close()
 
 
 def _write_report(
+    sweep: Sweep,
     sweep_dir: str | os.PathLike,
     cells: Sequence[Mapping[str, Any]] | None,
     cache_baselines: bool,
     thresholds: Thresholds,
     helper: FigureHelper | None,
 ) -> Path:
-    sweep = read_sweep(sweep_dir)
     references = exact_baselines(sweep, cache=cache_baselines)
     runs = classify(sweep, references, thresholds)
     keys = cell_keys(runs)

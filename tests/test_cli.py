@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from tests.conftest import REPO
 from vi_sweep.__main__ import main
 from vi_sweep.results import METRIC_COLUMNS
 
@@ -182,3 +183,17 @@ def test_a_scenario_sweep_with_grid_none_or_its_keys_on_the_command_line_is_fine
 
     precheck(["scenario=seed_stress,none", "grid=none"], multirun=True)
     precheck(["scenario=glob(*)", "lr=0.1", "num_mc=1,4"], multirun=True)
+
+
+def test_output_lost_to_a_full_disk_is_a_failure_and_a_closed_pipe_is_not():
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "HYDRA_FULL_ERROR")}  # buffered stdout
+    command = [sys.executable, "-m", "vi_sweep", "run", "--cfg", "job"]
+    with open("/dev/full", "w") as full:
+        assert subprocess.run(command, stdout=full, stderr=subprocess.DEVNULL, env=env, cwd=REPO).returncode == 120
+    reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    reader.stdout.close()  # like `| head` that has stopped reading: the final flush meets a closed pipe
+    assert reader.wait() == 0 and reader.stderr.read() == b""

@@ -103,8 +103,9 @@ def test_the_job_return_and_the_callbacks_are_run_jobs(compose, tmp_path):
         a.status, a.return_value, a.task_name, a.overrides, a.working_dir
     )
     assert OmegaConf.to_yaml(b.cfg) == OmegaConf.to_yaml(a.cfg)
-    hydra_b = OmegaConf.to_yaml(b.hydra_cfg).replace(str(tmp_path / "b"), str(tmp_path / "a"))
-    assert list(b.hydra_cfg) == ["hydra"] and hydra_b == OmegaConf.to_yaml(a.hydra_cfg)
+    # run_job's hydra_cfg is a copy with only `hydra`; write_job_dir's is the job's config itself
+    hydra_b = OmegaConf.to_yaml(OmegaConf.masked_copy(b.hydra_cfg, ["hydra"])).replace(str(tmp_path / "b"), str(tmp_path / "a"))
+    assert hydra_b == OmegaConf.to_yaml(a.hydra_cfg)
 
 
 def test_a_failing_task_is_a_failed_return_not_an_exception(compose, tmp_path):
@@ -122,6 +123,45 @@ def test_hydra_job_chdir_runs_the_task_in_the_job_dir_and_comes_back(compose, tm
     (dir_a, a), (dir_b, b) = both(compose, tmp_path, task, "hydra.job.chdir=true")
     assert a.return_value["cwd"] == str(dir_a) and b.return_value["cwd"] == str(dir_b)
     assert b.working_dir == str(dir_b) and os.getcwd() == cwd
+
+
+def _adds_a_key(cfg) -> bool:
+    try:
+        cfg.lr_typo = 1.0
+    except Exception:  # noqa: BLE001 - ConfigAttributeError: struct mode, as run_job's task config
+        return False
+    return True
+
+
+KEPT: list = []
+
+
+class KeepsConfigs(Callback):
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        KEPT.append(config)
+
+
+def test_the_task_config_refuses_new_keys_as_run_jobs_does(compose, tmp_path):
+    (_, a), (_, b) = both(compose, tmp_path, _adds_a_key)
+    assert a.return_value is False and b.return_value is False
+
+
+def test_a_callback_that_keeps_the_jobs_config_keeps_it_whole(compose, tmp_path):
+    cfg, context = compose(tmp_path / "b")
+    with open_dict(cfg):
+        cfg.hydra.callbacks = {"keep": {"_target_": f"{__name__}.KeepsConfigs"}}
+    write_job_dir(HydraContext(config_loader=context.config_loader, callbacks=Callbacks(cfg)), cfg, tmp_path / "b" / "7", task)
+    assert KEPT[-1].lr == 0.3 and KEPT[-1].hydra.job.num == 7
+
+
+@pytest.mark.parametrize("text", ["run \U0001F680", "a\x85b", "x\ty " * 30, "line one \n line two " * 8, ""])
+def test_to_yaml_falls_back_to_the_python_emitter_where_libyaml_writes_differently(text):
+    import yaml
+    from omegaconf._utils import get_omega_conf_dumper
+
+    container = {"note": text, "items": [text], text: 1}
+    python = yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=get_omega_conf_dumper())
+    assert to_yaml(container) == python
 
 
 def test_to_yaml_is_omegaconfs(compose, tmp_path):

@@ -265,6 +265,60 @@ def test_a_figure_failing_here_stops_the_helper_and_leaves_no_report(tiny_sweep,
     assert not [p.name for p in sweep_dir.iterdir() if p.name.startswith(".report")]
 
 
+def test_a_helper_that_never_gets_ready_does_not_hold_up_the_report(tmp_path, monkeypatch):
+    from analysis.figure_helper import FigureHelper, draw_all
+
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexec sleep 600\n")  # a sys.executable that is no plain Python
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    helper = FigureHelper()
+    drawn_here = []
+    draw_all([1, 2, 3], drawn_here.append, helper)  # returns at once: the helper held nothing
+    helper.close()
+    assert drawn_here == [3, 2, 1] and helper.proc.returncode is not None
+
+
+def test_a_job_that_cannot_be_sent_to_the_helper_is_drawn_here():
+    import threading
+    import time
+
+    from analysis.figure_helper import FigureHelper, draw_all
+
+    jobs = [("job", i, threading.Lock() if i == 0 else None) for i in range(6)]  # job 0 does not pickle
+    drawn_here = []
+
+    def draw(job):
+        if not drawn_here:
+            time.sleep(3)  # the helper gets ready and takes job 0 meanwhile
+        drawn_here.append(job[1])
+
+    helper = FigureHelper()
+    try:
+        draw_all(jobs, draw, helper)
+    finally:
+        helper.close()
+    assert sorted(drawn_here) == list(range(6))
+
+
+def test_the_helper_imports_what_this_process_imports_not_the_cwds_packages(tmp_path, monkeypatch):
+    import pickle
+
+    from analysis.figure_helper import READY, FigureHelper
+
+    marker = tmp_path / "executed"
+    (tmp_path / "analysis").mkdir()
+    (tmp_path / "analysis" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")] + [Path("/nonexistent")])  # a Path entry too
+    helper = FigureHelper()
+    try:
+        assert pickle.load(helper.proc.stdout) == READY
+    finally:
+        helper.close()
+    assert not marker.exists()
+
+
 def test_no_helper_on_one_core():
     from analysis.figure_helper import start_helper
 

@@ -207,8 +207,10 @@ def exit_now(code: object) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (| head): nothing more can be said there
+        except (BrokenPipeError, ValueError):  # a closed pipe (| head) or stream: nothing more to say there
             pass
+        except OSError:  # a full disk: output was lost, which is a failure (Python's exit status 120)
+            code = code or 120
     logging.shutdown()
     os._exit(code)
 

@@ -9,16 +9,19 @@ job of the reference grid in about as long, so ``run_job`` would double a sweep'
 make the directory (and ``chdir`` into it if ``hydra.job.chdir``), configure the job's logging,
 write ``.hydra/{config,hydra,overrides}.yaml``, ``on_job_start``, the task under
 ``hydra.job.env_set``, ``on_job_end`` -- with one ``to_container`` of the config and libyaml's
-C emitter (with OmegaConf's own quoting of strings, so the files are byte for byte
-``OmegaConf.to_yaml``'s; ``tests/test_job_dirs.py`` compares both with ``run_job``'s). The
+C emitter where it writes what PyYAML's Python emitter writes (:func:`to_yaml`, with OmegaConf's
+own quoting of strings), so the files are byte for byte ``OmegaConf.to_yaml``'s
+(``tests/test_job_dirs.py`` compares them with ``run_job``'s). The
 config it is given must be the job's own, freshly composed: it is not copied, it becomes the
-:class:`JobReturn`'s ``hydra_cfg``.
+:class:`JobReturn`'s ``hydra_cfg`` (with the task's keys too, where ``run_job``'s copy holds only
+``hydra``), and while the job runs it is what ``HydraConfig.get()`` reads from.
 
 No JAX here.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobRuntime, JobStatus, _flush_loggers, configure_log, env_override
 from hydra.types import HydraContext
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf._utils import OmegaConfDumper
+from omegaconf._utils import OmegaConfDumper, get_omega_conf_dumper
 
 _Dumper: Any = getattr(yaml, "CDumper", yaml.Dumper)  # libyaml when PyYAML has it (it nearly always does)
 
@@ -39,11 +42,40 @@ class _YamlDumper(_Dumper):  # type: ignore[misc,valid-type]
 
 
 _YamlDumper.add_representer(str, OmegaConfDumper.str_representer)
+_ANALYZER = yaml.emitter.Emitter(None)
+
+
+@functools.lru_cache(maxsize=65536)  # a sweep's configs repeat almost every string
+def _emitters_agree(text: str) -> bool:
+    """Whether libyaml writes ``text`` byte for byte as PyYAML's Python emitter does.
+
+    They agree on plain and single-quoted scalars of printable ASCII (and newlines): the styles
+    of everything in a vi_sweep/Hydra config. They differ on double-quoted ones (line folding),
+    characters outside printable ASCII, and an empty key (see :func:`_libyaml_safe`); for those the
+    Python emitter is used.
+    """
+    if not text:
+        return True
+    if not all(c == "\n" or " " <= c <= "~" for c in text):
+        return False
+    return bool(_ANALYZER.analyze_scalar(text).allow_single_quoted)
+
+
+def _libyaml_safe(node: Any) -> bool:
+    if isinstance(node, str):
+        return _emitters_agree(node)
+    if isinstance(node, dict):
+        return all(key != "" and _libyaml_safe(key) and _libyaml_safe(value) for key, value in node.items())
+    if isinstance(node, list):
+        return all(_libyaml_safe(item) for item in node)
+    return True
 
 
 def to_yaml(container: Any) -> str:
-    """``OmegaConf.to_yaml`` of a plain container (from ``OmegaConf.to_container(cfg, enum_to_str=True)``)."""
-    return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=_YamlDumper)
+    """``OmegaConf.to_yaml`` of a plain container (from ``OmegaConf.to_container(cfg, enum_to_str=True)``),
+    with libyaml's emitter where it writes the same bytes (:func:`_emitters_agree`)."""
+    dumper = _YamlDumper if _libyaml_safe(container) else get_omega_conf_dumper()
+    return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=dumper)
 
 
 def write_job_dir(
@@ -75,11 +107,15 @@ def write_job_dir(
         task_keys = [key for key in cfg if key != "hydra"]
         ret = JobReturn()
         ret.cfg = OmegaConf.masked_copy(cfg, task_keys)
+        for flag in ("struct", "readonly"):  # masked_copy drops the root's flags; run_job's deep copy keeps them
+            ret.cfg._set_flag(flag, cfg._get_node_flag(flag))
         ret.overrides = list(hydra_plain["hydra"]["overrides"]["task"])
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         if cfg.hydra.job.chdir:
             os.chdir(output_dir)
-        ret.working_dir = os.getcwd()
+            ret.working_dir = output_dir
+        else:
+            ret.working_dir = os.getcwd()
         configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
         if cfg.hydra.output_subdir is not None:
             hydra_output = Path(output_dir) / str(cfg.hydra.output_subdir)
@@ -96,13 +132,11 @@ def write_job_dir(
                 ret.status = JobStatus.FAILED
         ret.task_name = JobRuntime.instance().get("name")
         _flush_loggers()
-        # The config is this job's own: it becomes the return's hydra_cfg ({"hydra": ...}, as
-        # run_job's copy) once the last callback has seen it whole.
+        # run_job's hydra_cfg is a copy holding only ``hydra``; this is the job's own config
+        # (its ``hydra`` node is that copy's), not copied again, and never changed afterwards:
+        # a callback may keep it.
         ret.hydra_cfg = cfg
         callbacks.on_job_end(config=cfg, job_return=ret)
-        with read_write(cfg), open_dict(cfg):
-            for key in task_keys:
-                del cfg[key]
         return ret
     finally:
         hydra_config.cfg = previous_hydra_cfg

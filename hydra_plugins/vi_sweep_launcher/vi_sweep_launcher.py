@@ -98,7 +98,6 @@ class BatchedLauncher(Launcher):
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
-        self.scratch_validation = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         import gc
@@ -115,11 +114,11 @@ class BatchedLauncher(Launcher):
         # composition (the configs are equal, see vi_sweep.compose).
         if not isinstance(hydra_context.config_loader, TemplateComposer):
             hydra_context.config_loader = TemplateComposer(hydra_context.config_loader)
-        # Hydra's basic sweeper composes every job only to see that it composes, and drops it:
-        # it may have scratch configs until launch() (vi_sweep.compose.TemplateComposer.scratch).
+        # Hydra's basic sweeper composes every job of the first batch only to see that it
+        # composes, and drops it: it may have scratch configs until launch()
+        # (vi_sweep.compose.TemplateComposer.scratch).
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
-        self.scratch_validation = sweeper == BASIC_SWEEPER
-        hydra_context.config_loader.scratch = self.scratch_validation
+        hydra_context.config_loader.scratch = sweeper == BASIC_SWEEPER
         self.hydra_context = hydra_context
         self.task_function = task_function
         self.config = config
@@ -128,18 +127,17 @@ class BatchedLauncher(Launcher):
         from vi_sweep.batched import LauncherOptions, launch
 
         assert self.hydra_context is not None and self.config is not None
-        loader = self.hydra_context.config_loader
-        loader.scratch = False  # from here on every job gets its own config
-        try:
-            return launch(
-                hydra_context=self.hydra_context,
-                config=self.config,
-                job_overrides=job_overrides,
-                initial_job_idx=initial_job_idx,
-                options=LauncherOptions(**{key: _plain(value) for key, value in self.options.items()}),
-            )
-        finally:
-            loader.scratch = self.scratch_validation  # the sweeper validates its next batch
+        # From here on every composition is a job's own config: scratch configs were for the
+        # validation of the first batch only (later batches of a max_batch_size sweep are
+        # validated at the normal cost; nothing after the sweep can get a shared config).
+        self.hydra_context.config_loader.scratch = False
+        return launch(
+            hydra_context=self.hydra_context,
+            config=self.config,
+            job_overrides=job_overrides,
+            initial_job_idx=initial_job_idx,
+            options=LauncherOptions(**{key: _plain(value) for key, value in self.options.items()}),
+        )
 
 
 def _plain(value: Any) -> Any:
