@@ -47,6 +47,7 @@ from analysis.load import SkippedFileWarning, Sweep, SweepError, read_sweep
 from analysis.outcomes import OUTCOMES, Thresholds, classify
 from analysis.phase import cell_keys, example_cells, phase_table
 from analysis.theory import sgd_overlay_lines
+from vi_sweep.host import available_cores
 from vi_sweep.results import current_umask
 
 REPORT_DIR = "report"
@@ -193,7 +194,7 @@ def write_report(
     """
     thresholds = thresholds or Thresholds()
     sweep = read_sweep(sweep_dir)  # a missing or empty sweep fails here, before any process starts
-    helper = start_helper(_usable_cores()) if parallel else None  # it imports while the runs are classified
+    helper = start_helper(available_cores()) if parallel else None  # it imports while the runs are classified
     try:
         return _write_report(sweep, sweep_dir, cells, cache_baselines, thresholds, helper)
     finally:
@@ -276,13 +277,6 @@ def render_figure(job: FigureJob) -> str:
             fig = sigma_statistics(runs, facet=facet)
     save_figure(fig, job.stem)
     return Path(job.stem).name
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 # The first-order theory of analysis/theory.py holds for exactly this configuration.

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from vi_sweep.batched import available_cores
+    from vi_sweep.host import available_cores
 
     cores = available_cores()
     load_before = os.getloadavg()[0]  # a shared machine: say how busy it was

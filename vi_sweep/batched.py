@@ -49,6 +49,7 @@ from hydra_plugins.vi_sweep_launcher.vi_sweep_launcher import BatchedLauncherCon
 from vi_sweep.app import finish_job, job_fields, job_scenario, quiet_jax_logs
 from vi_sweep.compose import TemplateComposer
 from vi_sweep.config import ConfigError
+from vi_sweep.host import available_cores
 from vi_sweep.job_dirs import write_job_dir
 from vi_sweep.results import METRICS_FILE, read_fields
 
@@ -126,6 +127,19 @@ class SweepCounters:
     cache_hits: int = 0  # programs loaded from the persistent compilation cache
 
 
+@contextlib.contextmanager
+def _gc_frozen():
+    """Everything alive now (JAX, Hydra, the master config) is long-lived: keep it out of the
+    cyclic collector's generations, which the thousands of OmegaConf nodes each job makes would
+    otherwise have it walk again and again (~0.7 ms a job)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+@_gc_frozen()
 def launch(
     *,
     hydra_context: HydraContext,
@@ -136,24 +150,6 @@ def launch(
 ) -> list[JobReturn]:
     """Run one batch of a Hydra sweep; return one :class:`JobReturn` per job, in order."""
     started = time.perf_counter()
-    # Everything alive now (JAX, Hydra, the master config) is long-lived: keep it out of the
-    # cyclic collector's generations, which the thousands of OmegaConf nodes each job makes
-    # would otherwise have it walk again and again (~0.7 ms a job).
-    gc.freeze()
-    try:
-        return _launch(hydra_context, config, job_overrides, initial_job_idx, options, started)
-    finally:
-        gc.unfreeze()
-
-
-def _launch(
-    hydra_context: HydraContext,
-    config: DictConfig,
-    job_overrides: Sequence[Sequence[str]],
-    initial_job_idx: int,
-    options: LauncherOptions,
-    started: float,
-) -> list[JobReturn]:
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -481,14 +477,6 @@ def init_jax(options: LauncherOptions, *, cwd: Path) -> list:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return jax.local_devices() if options.shard else jax.local_devices()[:1]
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def dispatch(chunk, plan, devices) -> tuple:
