@@ -132,7 +132,6 @@ def _global_norm(tree: Any) -> jax.Array:
 def make_train(spec: TrainSpec):
     """Bind the static spec; return ``train(hyper) -> (TrainState, Rows)`` (pure, jit/vmap-able)."""
     objective = make_objective(spec.objective, estimator=spec.estimator, num_mc=spec.num_mc)
-    draw = objective.draw
     static_opt = dict(spec.optimizer_static)
     clip_on = static_opt.pop("clip", False)
     gaps = _gaps(spec.steps, spec.log_every)
@@ -146,17 +145,22 @@ def make_train(spec: TrainSpec):
         target = make_target(spec.target, spec.d, **hyper.target)
         return optimizer, target
 
+    def draw_next(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One split of the stream: (the key to carry on, the noise of the next step)."""
+        key, subkey = jax.random.split(key)
+        return key, objective.draw(subkey, spec.d)
+
     def init(hyper: Hyper) -> TrainState:
         optimizer, _ = build(hyper)
         mu = jnp.zeros((spec.d,))
         log_sigma = jnp.ones((spec.d,)) * hyper.init_log_sigma
         params = Params(mu, log_sigma)
-        key, subkey = jax.random.split(jax.random.key(hyper.seed))  # step 1's draw
+        key, noise = draw_next(jax.random.key(hyper.seed))  # step 1's draw
         return TrainState(
             params=params,
             opt_state=optimizer.init(params),
             key=key,
-            noise=draw(subkey, spec.d),
+            noise=noise,
             step=jnp.zeros((), jnp.int32),
             diverged_at=jnp.zeros((), jnp.int32),
         )
@@ -166,7 +170,7 @@ def make_train(spec: TrainSpec):
 
         def step(state: TrainState) -> tuple[TrainState, StepInfo]:
             loss, grads = jax.value_and_grad(objective.loss)(state.params, state.noise, target)
-            key, subkey = jax.random.split(state.key)  # the next step's draw
+            key, noise = draw_next(state.key)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
             params = optax.apply_updates(state.params, updates)
             t = state.step + 1
@@ -178,7 +182,7 @@ def make_train(spec: TrainSpec):
                 params=keep(params, state.params),
                 opt_state=keep(opt_state, state.opt_state),
                 key=key,
-                noise=draw(subkey, spec.d),
+                noise=noise,
                 step=t,
                 diverged_at=jnp.where(alive & ~finite, t, state.diverged_at),
             )
