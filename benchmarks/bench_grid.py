@@ -18,8 +18,9 @@ Measured side by side, each in its own process (so peak RSS is per measurement, 
    Each multirun ends with its report (``<sweep dir>/report/``, the ``SweepSummary`` callback);
    once more warm without it, and ``python -m vi_sweep report`` alone.
 4. **floor** -- a ``jit(vmap(lax.scan))`` that only splits the keys and draws the same normals
-   (shape ``(num_mc, d)`` per step and run), sharded over the same devices as the launcher;
-   its compute time after compilation. The same process also times the trainer's batched
+   (``(num_mc, d)`` per step and run, drawn flat as the trainer does: the same bits, faster),
+   sharded over the same devices and compiled with the same XLA flags as the launcher
+   (``hydra.launcher.cpu_vector_width``); its compute time after compilation. The same process also times the trainer's batched
    calls alone (``compute``), which separates training cost from Hydra's per-job cost.
 
 Usage (from the repo root)::
@@ -99,6 +100,11 @@ def part_notebook(steps: int, seeds: int) -> dict:
 
 def part_compute(steps: int, seeds: int, devices: int) -> dict:
     """The floor (keys + normals only) and the trainer's batched calls alone, on ``devices`` CPU devices."""
+    sys.path.insert(0, str(REPO))
+    from hydra_plugins.vi_sweep_launcher.vi_sweep_launcher import BatchedLauncherConf
+    from vi_sweep.host import prefer_cpu_vector_width
+
+    prefer_cpu_vector_width(BatchedLauncherConf.cpu_vector_width)  # as the launcher, before JAX starts
     import jax
 
     if devices > 1:
@@ -107,7 +113,6 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    sys.path.insert(0, str(REPO))
     from vi_sweep.trainer import as_hyper, make_train, split_fields
 
     mesh_devices = jax.local_devices()
@@ -120,7 +125,7 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
             def step(carry, _):
                 key, total = carry
                 key, subkey = jax.random.split(key)
-                eps = jax.random.normal(subkey, (num_mc, D))
+                eps = jax.random.normal(subkey, (num_mc * D,)).reshape(num_mc, D)  # = normal(subkey, (num_mc, D))
                 return (key, total + jnp.sum(eps)), None  # consume the draw so XLA cannot drop it
 
             (_, total), _ = jax.lax.scan(step, (jax.random.key(seed), jnp.zeros(())), None, length=steps)

@@ -239,10 +239,38 @@ def test_an_invalid_value_from_a_composed_config_is_one_line_and_leaves_nothing(
     assert not sweep.exists()
 
 
-def test_an_invalid_launcher_option_is_one_line(tmp_path):
-    result = run_cli("multirun", "lr=0.1", "grid=none", "hydra.launcher.max_batch_floats=0", f"hydra.sweep.dir={tmp_path / 's'}")
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("max_batch_floats=0", "hydra.launcher.max_batch_floats=0 is invalid: must be an integer >= 1"),
+        ("cpu_vector_width=300", "hydra.launcher.cpu_vector_width=300 is invalid: must be null or one of 128, 256, 512"),
+    ],
+)
+def test_an_invalid_launcher_option_is_one_line(option, message, tmp_path):
+    result = run_cli("multirun", "lr=0.1", "grid=none", f"hydra.launcher.{option}", f"hydra.sweep.dir={tmp_path / 's'}")
     assert result.returncode == 2
-    assert result.stderr.strip() == "vi_sweep: error: hydra.launcher.max_batch_floats=0 is invalid: must be an integer >= 1"
+    assert result.stderr.strip() == f"vi_sweep: error: {message}"
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_cpu_vector_width_changes_speed_not_numbers(tmp_path):
+    # XLA's vector width decides how many lanes its loops fill, not what one element computes:
+    # the launcher's default (512 bits) and XLA's own (null: 256) write the same bits. d=37 and
+    # num_mc=3 leave remainders at either width. (Where the CPU has no AVX-512 both are 256.)
+    grid = ("lr=0.05,0.3", "num_mc=1,3", "seed=0", "d=37", "steps=40", "log_every=10", "grid=none")
+    frames = {}
+    for width in ("512", "null"):
+        sweep = tmp_path / width
+        result = run_cli(
+            "multirun", *grid, f"hydra.launcher.cpu_vector_width={width}", "hydra.launcher.compilation_cache_dir=null",
+            "hydra.callbacks.sweep_summary.report=false", f"hydra.sweep.dir={sweep}",
+            env={"XLA_FLAGS": ""},  # not this process's: an in-process launcher test may have set it
+        )
+        assert result.returncode == 0, result.stderr
+        frames[width] = {key: pd.read_parquet(job / "metrics.parquet") for key, job in jobs_by_fields(sweep).items()}
+    assert len(frames["512"]) == 4 and frames["512"].keys() == frames["null"].keys()
+    for key, frame in frames["512"].items():
+        pd.testing.assert_frame_equal(frame, frames["null"][key], check_exact=True)
 
 
 @pytest.mark.parametrize("where", ["repo", "elsewhere"])

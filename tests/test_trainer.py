@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vi_sweep.objectives import make_objective
 from vi_sweep.targets import standard_normal
 from tests.sweeps import flat_fields
 from vi_sweep.trainer import (
@@ -132,3 +133,17 @@ def test_a_run_that_stays_finite_reports_no_divergence():
     state, rows = train_one(*split_fields(fields()))
     assert int(state.diverged_at) == 0
     assert not rows["diverged"].any()
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+@pytest.mark.parametrize("num_mc, d", [(1, 100), (16, 100), (3, 7)])
+def test_the_mc_draw_is_the_notebooks_draw_bit_for_bit(num_mc, d, partitionable):
+    # The objective draws num_mc * d normals flat and reshapes them (faster); the notebook draws
+    # (num_mc, d). Threefry numbers elements by their row-major index in either PRNG mode.
+    draw = make_objective("mc", estimator="reparam", num_mc=num_mc).draw
+    keys = jax.random.split(jax.random.key(7), 5)
+    with jax.threefry_partitionable(partitionable):
+        ours = jax.jit(jax.vmap(lambda key: draw(key, d)))(keys)
+        notebook = jax.vmap(lambda key: jax.random.normal(key, (num_mc, d)))(keys)
+    assert ours.shape == (5, num_mc, d)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(notebook))

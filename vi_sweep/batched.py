@@ -49,7 +49,7 @@ from hydra_plugins.vi_sweep_launcher.vi_sweep_launcher import BatchedLauncherCon
 from vi_sweep.app import finish_job, job_fields, job_scenario, quiet_jax_logs
 from vi_sweep.compose import TemplateComposer
 from vi_sweep.config import ConfigError
-from vi_sweep.host import available_cores
+from vi_sweep.host import CPU_VECTOR_WIDTHS, available_cores, prefer_cpu_vector_width
 from vi_sweep.job_dirs import write_job_dir
 from vi_sweep.results import METRICS_FILE, read_fields
 
@@ -72,6 +72,7 @@ class LauncherOptions:
     max_batch_floats: int = _CONF.max_batch_floats
     max_runs_per_call: Optional[int] = _CONF.max_runs_per_call
     cpu_devices: Optional[int] = _CONF.cpu_devices
+    cpu_vector_width: Optional[int] = _CONF.cpu_vector_width
     shard: bool = _CONF.shard
     compilation_cache_dir: Optional[str] = _CONF.compilation_cache_dir
     progress: bool = _CONF.progress
@@ -100,6 +101,9 @@ class LauncherOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"hydra.launcher.{name}={value!r} is invalid: must be an integer >= 1")
+        if self.cpu_vector_width is not None and self.cpu_vector_width not in CPU_VECTOR_WIDTHS:
+            allowed = ", ".join(map(str, CPU_VECTOR_WIDTHS))
+            raise ConfigError(f"hydra.launcher.cpu_vector_width={self.cpu_vector_width!r} is invalid: must be null or one of {allowed}")
         positive = {"max_batch_floats": self.max_batch_floats, "max_runs_per_call": self.max_runs_per_call, "cpu_devices": self.cpu_devices}
         for name, value in positive.items():
             optional = name != "max_batch_floats"
@@ -410,6 +414,7 @@ def _run_on_submitit(plan, options: LauncherOptions, cwd: Path, write_chunk: Cal
                 tuple(chunk.spec),
                 [dict(plan.computations[position].traced) for position in chunk.computations[: chunk.real]],
                 cpu_devices=options.cpu_devices,
+                cpu_vector_width=options.cpu_vector_width,
                 shard=options.shard,
                 compilation_cache_dir=cache_dir,
             )
@@ -459,7 +464,8 @@ def _make_executor(options: LauncherOptions):
 
 
 def init_jax(options: LauncherOptions, *, cwd: Path) -> list:
-    """Configure JAX for the sweep (CPU device count, persistent cache); return the devices to shard over."""
+    """Configure JAX for the sweep (CPU vector width and device count, persistent cache); return the devices to shard over."""
+    prefer_cpu_vector_width(options.cpu_vector_width)  # before JAX starts a backend, else no effect
     import jax
 
     cpu_devices = options.cpu_devices or available_cores()

@@ -87,6 +87,7 @@ def train_chunk(
     traced: Sequence[Mapping[str, Any]],
     *,
     cpu_devices: Optional[int] = None,
+    cpu_vector_width: Optional[int] = None,
     shard: bool = True,
     compilation_cache_dir: Optional[str] = None,
 ) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def train_chunk(
         ``tuple(TrainSpec)``: the static fields, rebuilt here into a :class:`~vi_sweep.trainer.TrainSpec`.
     traced
         One plain dict of traced values per run (``split_fields``'s second half).
-    cpu_devices, shard, compilation_cache_dir
+    cpu_devices, cpu_vector_width, shard, compilation_cache_dir
         As ``hydra.launcher.*``; the cache dir is absolute (the launcher resolves it), so jobs on a
         shared filesystem reuse each other's compiled programs.
 
@@ -116,7 +117,7 @@ def train_chunk(
     from vi_sweep.trainer import TrainSpec
 
     quiet_jax_logs()
-    options = LauncherOptions(cpu_devices=cpu_devices, shard=shard, compilation_cache_dir=compilation_cache_dir)
+    options = LauncherOptions(cpu_devices=cpu_devices, cpu_vector_width=cpu_vector_width, shard=shard, compilation_cache_dir=compilation_cache_dir)
     devices = init_jax(options, cwd=Path.cwd())
     counters = SweepCounters()
     stop_counting = _count_compiles(counters)

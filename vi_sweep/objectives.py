@@ -130,7 +130,11 @@ def make_mc_objective(estimator: str, num_mc: int) -> Objective:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}") from None
 
     def draw_eps(key: jax.Array, d: int) -> jax.Array:
-        return jax.random.normal(key, shape=(num_mc, d))  # the notebook's draw
+        # The notebook's draw, jax.random.normal(key, (num_mc, d)), bit for bit: threefry numbers
+        # each element by its row-major index, so the flat draw reshaped is the same array. Drawn
+        # flat, XLA's loop over the last axis has num_mc * d elements instead of d (100 is no
+        # multiple of the vector width), which made the grid's num_mc=16 draws ~15% faster.
+        return jax.random.normal(key, shape=(num_mc * d,)).reshape(num_mc, d)
 
     return Objective(draw_eps, estimate)
 

@@ -36,6 +36,12 @@ class BatchedLauncherConf:
         Number of devices JAX exposes on the CPU platform (``jax_num_cpu_devices``); null: one
         per core this process may use. With ``shard`` each device runs its share of a call's
         runs on its own thread. Only takes effect if JAX is not initialised yet.
+    cpu_vector_width
+        Vector width in bits that XLA's CPU compiler should use (``--xla_cpu_prefer_vector_width``
+        in ``XLA_FLAGS``, set before JAX starts; a width already in ``XLA_FLAGS`` wins). 512
+        made the benchmark grid's training 15% faster on the AVX-512 machine it was measured on,
+        with bit-identical numbers; CPUs without AVX-512 stay at 256, GPUs ignore it. null:
+        XLA's default (256).
     shard
         Split each call's batch of runs over all local devices (``jax.sharding``; CPU devices
         from ``cpu_devices``, or the GPUs).
@@ -67,6 +73,7 @@ class BatchedLauncherConf:
     max_batch_floats: int = 2**27
     max_runs_per_call: Optional[int] = None
     cpu_devices: Optional[int] = None
+    cpu_vector_width: Optional[int] = 512
     shard: bool = True
     compilation_cache_dir: Optional[str] = "outputs/.jax_cache"
     progress: bool = True
