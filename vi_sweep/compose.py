@@ -59,6 +59,7 @@ class TemplateComposer(ConfigLoader):
         self._templates: dict[Hashable, tuple[DictConfig, bytes]] = {}  # shape -> (master, pickled template)
         self._parsed: dict[str, tuple[Override, bool]] = {}  # override line -> (parsed, is a value override)
         self._scratch: dict[Hashable, DictConfig] = {}  # shape -> the reused copy of its template
+        self._is_group: dict[str, bool] = {}  # key -> whether it names a config group
         self.full_compositions = 0  # how many jobs Hydra composed from scratch
         self.reused_compositions = 0  # how many were copied from a template
         # While true, load_sweep_config hands out scratch configs (see scratch_sweep_config):
@@ -118,7 +119,14 @@ class TemplateComposer(ConfigLoader):
             return False
         if isinstance(override.value(), (dict, list)):  # merged into the old value, not set
             return False
-        return not self._loader.get_group_options(override.key_or_group)
+        return not self._names_a_group(override.key_or_group)
+
+    def _names_a_group(self, key: str) -> bool:
+        """Whether ``key`` is a config group (cached per key: each ``get_group_options`` call deep-copies
+        Hydra's config repository, ~5 ms, and a grid has one override line per value, not per key)."""
+        if key not in self._is_group:
+            self._is_group[key] = bool(self._loader.get_group_options(key))
+        return self._is_group[key]
 
     # -- plain delegation -------------------------------------------------------------------
 
