@@ -8,12 +8,14 @@ baseline serves every estimator, sample size and seed of a cell (:data:`BASELINE
 Where a baseline comes from, in order:
 
 1. the sweep itself, if it contains an exact run with that key (``source = "sweep"``);
-2. the cache ``<sweep_dir>/baselines/<hash>/metrics.parquet``, if its recorded fields match;
+2. the cache ``<sweep_dir>/baselines/<hash>/metrics.parquet`` (:mod:`vi_sweep.baselines`), if its
+   recorded fields match: the batched launcher trains the twins a sweep lacks along with its
+   jobs and writes them there, and so does this module for whatever it had to train;
 3. otherwise it is trained with the same trainer (``vi_sweep.trainer.jitted_batch_train``: all
    missing baselines with one compiled shape run as one vmapped program; deterministic, since
    the exact objective draws no random numbers) and written to the cache atomically
-   (``vi_sweep.results.write_metrics``). Cases 2 and 3 have ``source = "computed"``: the report
-   does not depend on whether the cache was warm, so a rerun writes identical files.
+   (:func:`vi_sweep.baselines.write_baseline`). Cases 2 and 3 have ``source = "computed"``: the
+   report does not depend on whether the cache was warm, so a rerun writes identical files.
 
 The per-target constants used by the classifier are closed forms of
 :class:`vi_sweep.targets.GaussianTarget`: the KL at initialisation (``mu = 0``,
@@ -28,7 +30,6 @@ JAX is imported inside the functions that need it, so ``import analysis`` stays 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections import defaultdict
@@ -40,10 +41,16 @@ import pandas as pd
 import pyarrow as pa
 
 from analysis.load import Job, Sweep, UnreadableMetrics, read_job, trajectories_frame
-from vi_sweep.results import METRIC_COLUMNS, METRICS_FILE
+from vi_sweep.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IGNORES: part of this module's API
+    BASELINE_DIR,
+    BASELINE_IGNORES,
+    BASELINE_SCENARIO,
+    baseline_fields,
+    baseline_key,
+    cache_file,
+)
+from vi_sweep.results import METRIC_COLUMNS
 
-BASELINE_DIR = "baselines"
-BASELINE_IGNORES = ("objective", "estimator", "num_mc", "seed")
 BATCH = 512  # baselines per vmapped call: bounds memory on very large sweeps
 
 
@@ -65,28 +72,6 @@ class References(NamedTuple):
     trajectories: pd.DataFrame
 
 
-def baseline_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat fields of a run's exact twin: its own fields with the ignored ones neutralised.
-
-    ``estimator="none"``, ``num_mc=0``, ``seed=0`` say honestly that the exact objective has no
-    estimator, draws nothing and uses no randomness (``vi_sweep.trainer.split_fields`` accepts
-    them: it normalises these fields away for ``objective=exact``).
-    """
-    twin = {key: value for key, value in fields.items() if key not in BASELINE_IGNORES}
-    twin.update(objective="exact", estimator="none", num_mc=0, seed=0)
-    return twin
-
-
-def baseline_key(fields: Mapping[str, Any]) -> str:
-    """A canonical string for "same baseline": JSON of the fields that matter, sorted."""
-    return json.dumps(baseline_fields(fields), sort_keys=True)
-
-
-def cache_file(sweep_dir: Path, key: str) -> Path:
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return sweep_dir / BASELINE_DIR / digest / METRICS_FILE
-
-
 def _train(fields_list: list[dict[str, Any]]) -> list[Job]:
     """Train exact runs with the sweep's trainer, one vmapped call per compiled shape."""
     from vi_sweep.results import metrics_table
@@ -106,15 +91,16 @@ def _train(fields_list: list[dict[str, Any]]) -> list[Job]:
             diverged_at = np.asarray(state.diverged_at)
             for j, i in enumerate(chunk):
                 one = {"step": steps, **{name: value[j] for name, value in columns.items()}}
-                table = metrics_table(one, fields_list[i], int(diverged_at[j]), "baseline")
-                jobs[i] = Job(fields_list[i], "baseline", "diverged" if diverged_at[j] else "ok", int(diverged_at[j]), table)
+                table = metrics_table(one, fields_list[i], int(diverged_at[j]), BASELINE_SCENARIO)
+                jobs[i] = Job(fields_list[i], BASELINE_SCENARIO, "diverged" if diverged_at[j] else "ok", int(diverged_at[j]), table)
     return jobs  # type: ignore[return-value]
 
 
 def _write_cache(path: Path, job: Job) -> None:
     from vi_sweep.results import write_metrics
 
-    write_metrics(path.parent, job.metrics, resolved_config=job.fields, fields=job.fields)
+    # As vi_sweep.baselines.write_baseline writes it (the table is the one it would build).
+    write_metrics(path.parent, job.metrics, resolved_config=dict(job.fields), fields=job.fields)
 
 
 def _read_cache(path: Path, fields: Mapping[str, Any]) -> Job | None:

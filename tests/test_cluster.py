@@ -16,7 +16,8 @@ from vi_sweep.trainer import split_fields, train_one
 
 pytest.importorskip("submitit")
 
-# 8 runs in 2 compiled groups (num_mc=1 and num_mc=4): 2 submitit jobs, not 8.
+# 8 runs in 2 compiled groups (num_mc=1 and num_mc=4) and the group of their 2 exact baselines
+# (vi_sweep.baselines): 3 submitit jobs, not 10.
 GRID = ("lr=1e-2,1e-1", "num_mc=1,4", "seed=0,1", "steps=40", "log_every=10", "d=3", "grid=none", "hydra.launcher.compilation_cache_dir=null")
 
 
@@ -39,8 +40,12 @@ def test_submitit_engine_writes_the_default_engines_data_with_one_job_per_group(
     # Same job dirs: job k holds the same run under both engines.
     for job in range(8):
         assert read_fields(sweep / str(job) / "metrics.parquet") == read_fields(tmp_path / "default" / str(job) / "metrics.parquet")
+    baselines = sorted(path.relative_to(sweep) for path in sweep.glob("baselines/*/metrics.parquet"))
+    assert len(baselines) == 2 and baselines == sorted(path.relative_to(tmp_path / "default") for path in (tmp_path / "default").glob("baselines/*/metrics.parquet"))
+    for path in baselines:
+        pd.testing.assert_frame_equal(pd.read_parquet(sweep / path), pd.read_parquet(tmp_path / "default" / path), rtol=1e-5, atol=1e-6)
     results = sorted(sweep.glob(".submitit/*/*_result.pkl"))
-    assert len(results) == 2  # one submitit job per compiled group, not one per run
+    assert len(results) == 3  # one submitit job per compiled group, not one per run
 
     # Resume happens before anything is submitted: a complete sweep submits nothing more.
     again = cli("multirun", *GRID, "hydra.launcher.engine=submitit", "hydra.launcher.submitit_cluster=local", f"hydra.sweep.dir={sweep}")

@@ -129,7 +129,8 @@ def test_a_progress_bar_when_stderr_is_a_terminal(tmp_path):
     stderr = b"".join(chunks)
     assert proc.returncode == 0
     bar = stderr.decode(errors="replace")
-    assert "run/s" in bar and "4/4" in bar and "groups 2/2" in bar
+    # Groups: num_mc=1, num_mc=2 and the exact baselines the launcher trains for the report.
+    assert "run/s" in bar and "4/4" in bar and "groups 3/3" in bar
 
 
 def test_rerunning_a_finished_sweep_computes_nothing_and_rewrites_nothing(sweeps, tmp_path):
@@ -290,3 +291,44 @@ def test_importing_the_plugin_does_not_import_jax():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_the_launcher_trains_the_exact_baselines_the_report_would_train(tmp_path, monkeypatch):
+    import analysis.baseline
+    from analysis.load import read_sweep
+
+    # An MC-only sweep has no exact jobs: the launcher trains each distinct exact twin (one per
+    # lr here) along with the jobs, into baselines/, where the report looks first.
+    grid = ("lr=0.05,0.3", "num_mc=1,3", "seed=0", "d=5", "steps=40", "log_every=10", "grid=none", "hydra.launcher.compilation_cache_dir=null")
+    sweep = tmp_path / "sweep"
+    result = run_cli("multirun", *grid, "hydra.callbacks.sweep_summary.report=false", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    assert summary(result.stdout)["groups"] == 3  # num_mc=1, num_mc=3 and the baselines
+    assert re.search(r" compiles, [\d.]+ s; and 2 exact baselines for the report\n", result.stdout)
+    ours = sorted((sweep / "baselines").glob("*/metrics.parquet"))
+    assert len(ours) == 2
+
+    # They are the files the report trains when they are missing: the same names, config and
+    # rows (to float32 round-off: here the launcher ran one twin per device, the report both on
+    # one; unsharded, cpu_devices=1, the files are byte-identical) ...
+    without = tmp_path / "without"
+    shutil.copytree(sweep, without, ignore=shutil.ignore_patterns("baselines"))
+    analysis.baseline.exact_baselines(read_sweep(without))
+    for path in ours:
+        theirs = without / path.relative_to(sweep)
+        assert pq.read_schema(theirs).metadata == pq.read_schema(path).metadata
+        pd.testing.assert_frame_equal(pd.read_parquet(path), pd.read_parquet(theirs), rtol=1e-5, atol=1e-6)
+
+    # ... so the report takes them and trains nothing.
+    monkeypatch.setattr(analysis.baseline, "_train", lambda fields: pytest.fail(f"trained {len(fields)} baselines"))
+    references = analysis.baseline.exact_baselines(read_sweep(sweep))
+    assert list(references.baselines["source"]) == ["computed", "computed"]
+
+    # A rerun finds them (no new baselines); with exact_baselines=false none are trained.
+    rerun = run_cli("multirun", *grid, "hydra.callbacks.sweep_summary.report=false", f"hydra.sweep.dir={sweep}")
+    assert summary(rerun.stdout) == {"jobs": 4, "computed": 0, "resumed": 4, "groups": 0, "compiles": 0}
+    assert "exact baselines" not in rerun.stdout
+    off = tmp_path / "off"
+    result = run_cli("multirun", *grid, "hydra.launcher.exact_baselines=false", "hydra.callbacks.sweep_summary.report=false", f"hydra.sweep.dir={off}")
+    assert result.returncode == 0 and summary(result.stdout)["groups"] == 2
+    assert not (off / "baselines").exists()

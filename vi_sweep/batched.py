@@ -77,6 +77,7 @@ class LauncherOptions:
     compilation_cache_dir: Optional[str] = _CONF.compilation_cache_dir
     progress: bool = _CONF.progress
     resume: bool = _CONF.resume
+    exact_baselines: bool = _CONF.exact_baselines
     engine: str = _CONF.engine
     submitit_cluster: str = _CONF.submitit_cluster
     submitit_folder: str = ".submitit/%j"
@@ -168,16 +169,22 @@ def launch(
     returns = {position: job.resumed for position, job in enumerate(jobs) if job.resumed is not None}
     todo = [position for position in range(len(jobs)) if position not in returns]
 
+    twins: list[dict[str, Any]] = []
+    if options.exact_baselines:
+        from vi_sweep.baselines import missing_twins
+
+        twins = missing_twins(sweep_dir, [job.fields for job in jobs])
     counters, groups = SweepCounters(), 0
-    if todo:
+    if todo or twins:
         try:
-            counters, groups = _compute_and_write(hydra_context, config, jobs, todo, returns, options)
+            counters, groups = _compute_and_write(hydra_context, config, jobs, todo, twins, returns, options)
         except ConfigError as err:  # raised before any job is written (no submitit executor here)
             _fail_before_writing(sweep_dir, err)
     elapsed = time.perf_counter() - started
+    also = f"; and {len(twins)} exact baselines for the report" if twins else ""
     print(
         f"vi_sweep: {len(jobs)} jobs ({len(todo)} computed, {len(jobs) - len(todo)} resumed) in {groups} groups, "
-        f"{counters.compiled} compiles, {elapsed:.1f} s",
+        f"{counters.compiled} compiles, {elapsed:.1f} s{also}",
         flush=True,
     )
     return [returns[position] for position in range(len(jobs))]
@@ -315,27 +322,36 @@ def _compute_and_write(
     config: DictConfig,
     jobs: list[Job],
     todo: list[int],
+    twins: list[dict[str, Any]],
     returns: dict[int, JobReturn],
     options: LauncherOptions,
 ) -> tuple[SweepCounters, int]:
-    """Plan the jobs in ``todo``, run every chunk, write every job; fill ``returns``."""
+    """Plan the jobs in ``todo`` and the exact baselines ``twins``, run every chunk, write every
+    job (filling ``returns``) and every baseline (``vi_sweep.baselines``)."""
     quiet_jax_logs()
     cwd = Path(str(config.hydra.runtime.cwd))
     on_submitit = options.engine == "submitit"
     # With submitit this process only plans and writes: it never starts a JAX backend (it may be
     # a login node), and each submitted job pads its chunk for its own devices.
     devices = [] if on_submitit else init_jax(options, cwd=cwd)
+    from vi_sweep.baselines import baseline_key, cache_file, write_baseline
     from vi_sweep.sweep_plan import plan_sweep
     from vi_sweep.trainer import split_fields
 
+    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))  # jobs may chdir; this must not move
+    # The twins come last: planned as jobs len(todo), len(todo) + 1, ..., their group after the jobs' groups,
+    # so they never delay the first call (their program is traced while the jobs train).
     plan = plan_sweep(
-        [split_fields(jobs[position].fields) for position in todo],
+        [split_fields(jobs[position].fields) for position in todo] + [split_fields(twin) for twin in twins],
         max_batch_floats=options.max_batch_floats,
         max_runs_per_call=options.max_runs_per_call,
         multiple_of=1 if on_submitit else len(devices),
     )
     where = f"submitit ({options.submitit_cluster}) jobs" if on_submitit else f"calls on {len(devices)} device(s)"
-    log.info("%d jobs -> %d distinct runs in %d groups, %d %s", len(todo), len(plan.computations), len(plan.groups), len(plan.chunks), where)
+    log.info(
+        "%d jobs -> %d distinct runs in %d groups, %d %s%s", len(todo), len(plan.computations), len(plan.groups), len(plan.chunks), where,
+        f" (with {len(twins)} exact baselines)" if twins else "",
+    )
     last_chunk_of_group = {chunk.spec: index for index, chunk in enumerate(plan.chunks)}
     counters = SweepCounters()
     bar = _progress_bar(len(todo), len(plan.groups), options.progress)
@@ -345,6 +361,10 @@ def _compute_and_write(
         log.debug("call %d/%d: waiting for %d runs", index + 1, len(plan.chunks), chunk.size)
         for slot, rows, diverged_at in _chunk_rows(chunk, *outputs):
             for job_in_plan in plan.computations[chunk.computations[slot]].jobs:
+                if job_in_plan >= len(todo):  # an exact baseline, not a job
+                    twin = twins[job_in_plan - len(todo)]
+                    write_baseline(cache_file(sweep_dir, baseline_key(twin)), twin, rows, diverged_at)
+                    continue
                 position = todo[job_in_plan]
                 returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at)
                 bar.update(1)
@@ -359,7 +379,12 @@ def _compute_and_write(
         if on_submitit:
             counters.compiled = _run_on_submitit(plan, options, cwd, write_chunk)
         else:
-            _run_here(plan, devices, counters, write_chunk)
+            baselines_only = frozenset(
+                index
+                for index, chunk in enumerate(plan.chunks)
+                if all(job >= len(todo) for position in chunk.computations for job in plan.computations[position].jobs)
+            )
+            _run_here(plan, devices, counters, write_chunk, small=baselines_only)
     finally:
         bar.close()
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -372,17 +397,24 @@ def _compute_and_write(
 CHUNKS_IN_FLIGHT = 3
 
 
-def _run_here(plan, devices, counters: SweepCounters, write_chunk: Callable[[int, tuple], None]) -> None:
-    """``engine=local``: every chunk in this process, up to :data:`CHUNKS_IN_FLIGHT` dispatched ahead of the writing."""
+def _run_here(plan, devices, counters: SweepCounters, write_chunk: Callable[[int, tuple], None], *, small: frozenset = frozenset()) -> None:
+    """``engine=local``: every chunk in this process, up to :data:`CHUNKS_IN_FLIGHT` dispatched
+    ahead of the writing.
+
+    Chunks in ``small`` (the exact baselines: a few runs without noise) are not counted, so they
+    start with the jobs' last chunk instead of after the writing of the first, and run on one
+    device: a call sharded over several CPU devices does not return until the devices' previous
+    call is done (measured: a second sharded call waited 1.8 s for the first; a one-device call
+    returned at once and ran after it), and this thread has jobs to write meanwhile."""
     stop_counting = _count_compiles(counters)
     try:
         pending: collections.deque = collections.deque()
         for index, chunk in enumerate(plan.chunks):
-            pending.append((index, dispatch(chunk, plan, devices)))
-            log.debug("call %d/%d: dispatched %d runs (num_mc=%d)", index + 1, len(plan.chunks), chunk.size, chunk.spec.num_mc)
-            if len(pending) == CHUNKS_IN_FLIGHT:
+            while index not in small and sum(done not in small for done, _ in pending) >= CHUNKS_IN_FLIGHT:
                 done, outputs = pending.popleft()
                 write_chunk(done, to_numpy(outputs))
+            pending.append((index, dispatch(chunk, plan, devices[:1] if index in small else devices)))
+            log.debug("call %d/%d: dispatched %d runs (num_mc=%d)", index + 1, len(plan.chunks), chunk.size, chunk.spec.num_mc)
         while pending:
             done, outputs = pending.popleft()
             write_chunk(done, to_numpy(outputs))

@@ -52,6 +52,11 @@ class BatchedLauncherConf:
         Show a progress bar on stderr (only when stderr is a terminal).
     resume
         Skip jobs whose ``metrics.parquet`` is complete and records the job's own config.
+    exact_baselines
+        Also train, with the jobs, the exact-KL twin of every job that the sweep lacks
+        (``vi_sweep.baselines``: one per distinct optimizer/lr/init/target config) into
+        ``<sweep dir>/baselines/``, where the report looks for them; otherwise the report
+        trains them itself at the end (a compile or a cache load and a JAX start).
     engine
         ``local``: run every chunk in this process. ``submitit``: hand each chunk to submitit as
         one job (one SLURM array task per chunk, see :mod:`vi_sweep.cluster`); this process waits
@@ -78,6 +83,7 @@ class BatchedLauncherConf:
     compilation_cache_dir: Optional[str] = "outputs/.jax_cache"
     progress: bool = True
     resume: bool = True
+    exact_baselines: bool = True
     engine: str = "local"
     submitit_cluster: str = "local"
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
