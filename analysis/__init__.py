@@ -7,11 +7,37 @@ Pure pandas/pyarrow/matplotlib (JAX only to compute missing exact baselines); ne
     cells = phase_table(runs)                                      # one row per cell (config but seed)
 """
 
-from analysis.baseline import exact_baselines
-from analysis.load import SkippedFileWarning, SweepError, load_sweep, load_trajectories, read_sweep
-from analysis.outcomes import OUTCOMES, Thresholds, classify
-from analysis.phase import phase_table
-from analysis.report import write_report
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562), so that importing one light module of the package, such as
+# analysis.figure_helper at a sweep's start, does not import pandas and matplotlib (~0.4 s).
+_EXPORTS = {
+    "OUTCOMES": "analysis.outcomes",
+    "SkippedFileWarning": "analysis.load",
+    "SweepError": "analysis.load",
+    "Thresholds": "analysis.outcomes",
+    "classify": "analysis.outcomes",
+    "exact_baselines": "analysis.baseline",
+    "load_sweep": "analysis.load",
+    "load_trajectories": "analysis.load",
+    "phase_table": "analysis.phase",
+    "read_sweep": "analysis.load",
+    "write_report": "analysis.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "OUTCOMES",

@@ -54,10 +54,14 @@ class FigureHelper:
         # put first (PYTHONSAFEPATH), where a user's own ``analysis`` package may live.
         env = dict(os.environ, PYTHONPATH=_import_path(), PYTHONSAFEPATH="1")
         self.proc = subprocess.Popen(
-            # not ``-m``: the package's __init__ imports this module before runpy would run it
+            # ``-c``, not ``-m``: SIGINT is ignored before any import (see _HELPER_CODE)
             [sys.executable, "-c", _HELPER_CODE],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # Silent: it may start with a sweep that then fails with one line, and what it could
+            # say (a matplotlib warning) the caller says too when it draws; errors come back
+            # over the protocol, and their figures are drawn by the caller.
+            stderr=subprocess.DEVNULL,
             env=env,
         )
 
@@ -171,7 +175,10 @@ def main() -> None:
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    serve(sys.stdin.buffer, protocol)
+    try:
+        serve(sys.stdin.buffer, protocol)
+    except OSError:  # the caller is gone (a broken pipe): e.g. a sweep that failed while we imported
+        pass
     # Every figure is written and closed by now: skip the interpreter's teardown (~0.1 s of
     # freeing matplotlib and pandas), which the caller would otherwise wait for in close().
     for stream in (protocol, sys.stderr):

@@ -174,6 +174,7 @@ def write_report(
     cache_baselines: bool = True,
     thresholds: Thresholds | None = None,
     parallel: bool = True,
+    helper: FigureHelper | None = None,
 ) -> Path:
     """Classify the sweep in ``sweep_dir`` and write ``sweep_dir/report/``; return its path.
 
@@ -191,10 +192,19 @@ def write_report(
     parallel
         Draw the figures on two cores where there are two (:mod:`analysis.figure_helper`); the
         files are the same either way.
+    helper
+        A figure helper started earlier (it imports matplotlib while the caller does something
+        else, e.g. a sweep's start-up), used instead of starting one; closed here either way.
     """
     thresholds = thresholds or Thresholds()
-    sweep = read_sweep(sweep_dir)  # a missing or empty sweep fails here, before any process starts
-    helper = start_helper(available_cores()) if parallel else None  # it imports while the runs are classified
+    try:
+        sweep = read_sweep(sweep_dir)  # a missing or empty sweep fails here, before any process starts
+    except BaseException:
+        if helper is not None:
+            helper.close(kill=True)
+        raise
+    if helper is None and parallel:
+        helper = start_helper(available_cores())  # it imports while the runs are classified
     try:
         return _write_report(sweep, sweep_dir, cells, cache_baselines, thresholds, helper)
     finally:
@@ -369,8 +379,19 @@ def _parse_value(value: str) -> Any:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m vi_sweep report``. Errors are one line on stderr, exit code 2."""
+def main(argv: Sequence[str] | None = None, *, helper: FigureHelper | None = None) -> int:
+    """Entry point of ``python -m vi_sweep report``. Errors are one line on stderr, exit code 2.
+
+    ``helper``: a figure helper started earlier (see :func:`write_report`); the multirun's
+    report starts one with the sweep."""
+    try:
+        return _main(argv, helper)
+    finally:
+        if helper is not None:  # write_report closed it, unless it never got there (then: stop it)
+            helper.close(kill=True)
+
+
+def _main(argv: Sequence[str] | None, helper: FigureHelper | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vi_sweep report", description="Classify the runs of a sweep and write SWEEP_DIR/report/.")
     parser.add_argument("sweep_dir", help="a sweep directory (hydra.sweep.dir of a multirun)")
     parser.add_argument("--cell", action="append", metavar="KEY=VALUE[,...]", help="a cell to draw KL curves for (repeatable), e.g. lr=0.05,num_mc=32")
@@ -381,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("always", BaselineCacheWarning)
         try:
             cells = [parse_cell(text) for text in args.cell] if args.cell else None
-            path = write_report(args.sweep_dir, cells=cells, cache_baselines=not args.no_cache)
+            path = write_report(args.sweep_dir, cells=cells, cache_baselines=not args.no_cache, helper=helper)
         except SweepError as err:
             _print_warnings(caught)
             print(f"vi_sweep: error: {err}", file=sys.stderr)

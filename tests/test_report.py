@@ -156,7 +156,7 @@ def test_a_failing_report_is_one_line_and_does_not_raise(tiny_sweep, tmp_path, c
     import analysis.report
     from vi_sweep.callbacks import SweepSummary
 
-    def broken(argv):
+    def broken(argv, **kwargs):
         raise RuntimeError("figure backend exploded\nsecond line")
 
     monkeypatch.setattr(analysis.report, "main", broken)
@@ -177,10 +177,12 @@ def test_the_sweep_process_imports_the_report_while_jobs_run_and_workers_do_not(
     from omegaconf import OmegaConf
 
     import vi_sweep.callbacks
+    import vi_sweep.host
     from vi_sweep.callbacks import SweepSummary
 
     imported = []
     monkeypatch.setattr(vi_sweep.callbacks, "_import_quietly", imported.append)
+    monkeypatch.setattr(vi_sweep.host, "available_cores", lambda: 1)  # no figure helper in this test
     config = OmegaConf.create({})
     in_sweep = SweepSummary()
     in_sweep.on_multirun_start(config)
@@ -195,6 +197,53 @@ def test_the_sweep_process_imports_the_report_while_jobs_run_and_workers_do_not(
     worker.on_job_start(config)
     assert worker._prefetch is None
     assert SweepSummary(report=False)._prefetch is None
+
+
+def test_the_figure_helper_starts_with_the_sweep_and_its_report_uses_and_ends_it(tiny_sweep, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import analysis.report
+    import vi_sweep.host
+    from vi_sweep.callbacks import SweepSummary
+
+    monkeypatch.setattr(vi_sweep.host, "available_cores", lambda: 2)
+    given = []
+    write_report = analysis.report.write_report
+
+    def spy(*args, helper=None, **kwargs):
+        given.append(helper)
+        return write_report(*args, helper=helper, **kwargs)
+
+    monkeypatch.setattr(analysis.report, "write_report", spy)
+    sweep_dir = copy_sweep(tiny_sweep, tmp_path)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
+    callback = SweepSummary()
+    callback.on_multirun_start(config)  # it imports matplotlib while Hydra composes the jobs
+    helper = callback._figure_helper
+    assert helper is not None and helper.proc.poll() is None
+    callback.on_multirun_end(config)
+    assert given == [helper] and helper.proc.poll() == 0
+    assert (sweep_dir / "report" / "summary.md").exists()
+
+    assert SweepSummary(report=False)._figure_helper is None
+    off = SweepSummary(report=False)
+    off.on_multirun_start(config)
+    assert off._figure_helper is None
+    empty = SweepSummary()  # a sweep that wrote no run has no report: its helper is stopped
+    empty.on_multirun_start(config)
+    helper = empty._figure_helper
+    empty.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "nothing")}}}))
+    assert helper.proc.poll() is not None
+
+
+def test_a_report_that_fails_before_drawing_stops_the_helper_it_was_given(tmp_path, capsys):
+    import analysis.report
+    from analysis.figure_helper import FigureHelper
+
+    helper = FigureHelper()
+    assert analysis.report.main([str(tmp_path / "missing")], helper=helper) == 2
+    assert helper.proc.poll() is not None
+    assert capsys.readouterr().err.startswith("vi_sweep: error: ")
 
 
 def test_example_notebook_rebuilds_the_phase_map(tiny_sweep, monkeypatch):
