@@ -8,6 +8,7 @@ Pure pandas/pyarrow/matplotlib (JAX only to compute missing exact baselines); ne
 """
 
 import importlib
+import importlib.util
 from typing import Any
 
 # Imported on first use (PEP 562), so that importing one light module of the package, such as
@@ -28,9 +29,13 @@ _EXPORTS = {
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    """An export (``analysis.load_sweep``) or a submodule (``analysis.figures``), imported now."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
 

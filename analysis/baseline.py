@@ -97,8 +97,9 @@ def _train(fields_list: list[dict[str, Any]]) -> list[Job]:
 
 
 def _write_cache(path: Path, job: Job) -> None:
-    from vi_sweep.results import write_metrics
+    from vi_sweep.results import remove_stale_temporaries, write_metrics
 
+    remove_stale_temporaries(path.parent)
     # As vi_sweep.baselines.write_baseline writes it (the table is the one it would build).
     write_metrics(path.parent, job.metrics, resolved_config=dict(job.fields), fields=job.fields)
 

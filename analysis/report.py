@@ -194,7 +194,8 @@ def write_report(
         files are the same either way.
     helper
         A figure helper started earlier (it imports matplotlib while the caller does something
-        else, e.g. a sweep's start-up), used instead of starting one; closed here either way.
+        else, e.g. a sweep's start-up), used instead of starting one (unless ``parallel`` is
+        false); closed here either way.
     """
     thresholds = thresholds or Thresholds()
     try:
@@ -203,6 +204,9 @@ def write_report(
         if helper is not None:
             helper.close(kill=True)
         raise
+    if not parallel and helper is not None:
+        helper.close(kill=True)
+        helper = None
     if helper is None and parallel:
         helper = start_helper(available_cores())  # it imports while the runs are classified
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -244,6 +245,15 @@ def test_a_report_that_fails_before_drawing_stops_the_helper_it_was_given(tmp_pa
     assert analysis.report.main([str(tmp_path / "missing")], helper=helper) == 2
     assert helper.proc.poll() is not None
     assert capsys.readouterr().err.startswith("vi_sweep: error: ")
+
+
+def test_import_analysis_gives_its_exports_and_submodules_lazily():
+    code = (
+        "import sys, analysis; assert 'pandas' not in sys.modules; "
+        "analysis.load_sweep; analysis.report.write_report; analysis.figures.phase_map; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_example_notebook_rebuilds_the_phase_map(tiny_sweep, monkeypatch):

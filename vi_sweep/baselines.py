@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from vi_sweep.results import METRICS_FILE, metrics_table, read_fields, write_metrics
+from vi_sweep.results import METRICS_FILE, metrics_table, read_fields, remove_stale_temporaries, write_metrics
 
 BASELINE_DIR = "baselines"
 BASELINE_IGNORES = ("objective", "estimator", "num_mc", "seed")
@@ -58,8 +58,10 @@ def cache_file(sweep_dir: Path, key: str) -> Path:
 
 
 def write_baseline(path: Path, fields: Mapping[str, Any], rows: Mapping[str, np.ndarray], diverged_at: int) -> Path:
-    """Write one baseline's rows (with ``step``) to ``path`` (:func:`cache_file`), atomically."""
+    """Write one baseline's rows (with ``step``) to ``path`` (:func:`cache_file`), atomically
+    (and without the temporary file of an earlier, killed write)."""
     table = metrics_table(rows, fields, diverged_at, BASELINE_SCENARIO)
+    remove_stale_temporaries(Path(path).parent)
     return write_metrics(Path(path).parent, table, resolved_config=dict(fields), fields=fields)
 
 

@@ -41,10 +41,13 @@ class SweepSummary(Callback):
         never comes (the end of its input)."""
         self._sweep_pid = os.getpid()
         if self.report:
-            from analysis.figure_helper import start_helper
-            from vi_sweep.host import available_cores
+            try:
+                from analysis.figure_helper import start_helper
+                from vi_sweep.host import available_cores
 
-            self._figure_helper = start_helper(available_cores())
+                self._figure_helper = start_helper(available_cores())
+            except Exception:  # noqa: BLE001 - no helper: the report draws alone, and says itself what is broken
+                self._figure_helper = None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """With the sweep's first job, start importing the report's modules (pandas, matplotlib:

@@ -22,8 +22,9 @@ def prefer_cpu_vector_width(bits: int | None) -> bool:
 
     XLA reads ``XLA_FLAGS`` when JAX starts its first backend, so this only acts before that. A
     width the user already put in ``XLA_FLAGS`` wins; ``None`` leaves XLA's default (256). The
-    width changes how many lanes XLA's loops fill, not what each element computes: the trainer's
-    numbers are bit for bit the same (``tests/test_launcher.py``). A CPU without AVX-512 cannot
+    width changes how many lanes XLA's loops fill: elementwise work (the draws) gives the same
+    bits; a reduction may round differently at some sizes (float32 round-off; the reference
+    grid and ``tests/test_launcher.py``'s grid are bit for bit the same). A CPU without AVX-512 cannot
     go wider than 256 bits, and GPUs ignore ``xla_cpu_*`` flags.
     """
     if bits is None:

@@ -101,6 +101,13 @@ def write_metrics(
     return path
 
 
+def remove_stale_temporaries(out_dir: str | os.PathLike) -> None:
+    """Delete the ``.metrics.parquet.*.tmp`` files a process killed mid-write left in ``out_dir``
+    (before its own file is written there again: only one writer per directory)."""
+    for stale in Path(out_dir).glob(f".{METRICS_FILE}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def current_umask() -> int:
     """The process umask (reading it means setting it; it is restored at once)."""
     mask = os.umask(0)

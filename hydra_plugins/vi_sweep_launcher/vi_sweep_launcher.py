@@ -29,7 +29,7 @@ class BatchedLauncherConf:
     max_batch_floats
         Memory budget of one compiled call, in float32 values (default 2**27 = 512 MiB):
         a group whose runs need more (``vi_sweep.sweep_plan.floats_per_run``, about
-        ``6 num_mc d + 16 d`` each) is split into equal chunks. Up to three chunks can be in flight.
+        ``6 num_mc d + 16 d`` each) is split into equal chunks. Up to three chunks of jobs (and one of exact baselines) can be in flight.
     max_runs_per_call
         Optional cap on the runs of one call (null: the budget alone decides).
     cpu_devices
@@ -40,8 +40,9 @@ class BatchedLauncherConf:
         Vector width in bits that XLA's CPU compiler should use (``--xla_cpu_prefer_vector_width``
         in ``XLA_FLAGS``, set before JAX starts; a width already in ``XLA_FLAGS`` wins). 512
         made the benchmark grid's training 15% faster on the AVX-512 machine it was measured on,
-        with bit-identical numbers; CPUs without AVX-512 stay at 256, GPUs ignore it. null:
-        XLA's default (256).
+        with bit-identical numbers there; at other sizes reductions may round differently
+        (float32 round-off). CPUs without AVX-512 stay at 256, GPUs ignore it. null: XLA's
+        default (256).
     shard
         Split each call's batch of runs over all local devices (``jax.sharding``; CPU devices
         from ``cpu_devices``, or the GPUs).
