@@ -47,7 +47,9 @@ from vi_sweep.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IGNORES:
     BASELINE_SCENARIO,
     baseline_fields,
     baseline_key,
+    baseline_table,
     cache_file,
+    write_baseline,
 )
 from vi_sweep.results import METRIC_COLUMNS
 
@@ -74,7 +76,6 @@ class References(NamedTuple):
 
 def _train(fields_list: list[dict[str, Any]]) -> list[Job]:
     """Train exact runs with the sweep's trainer, one vmapped call per compiled shape."""
-    from vi_sweep.results import metrics_table
     from vi_sweep.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields
 
     jobs: list[Job | None] = [None] * len(fields_list)
@@ -91,17 +92,9 @@ def _train(fields_list: list[dict[str, Any]]) -> list[Job]:
             diverged_at = np.asarray(state.diverged_at)
             for j, i in enumerate(chunk):
                 one = {"step": steps, **{name: value[j] for name, value in columns.items()}}
-                table = metrics_table(one, fields_list[i], int(diverged_at[j]), BASELINE_SCENARIO)
+                table = baseline_table(one, fields_list[i], int(diverged_at[j]))
                 jobs[i] = Job(fields_list[i], BASELINE_SCENARIO, "diverged" if diverged_at[j] else "ok", int(diverged_at[j]), table)
     return jobs  # type: ignore[return-value]
-
-
-def _write_cache(path: Path, job: Job) -> None:
-    from vi_sweep.results import remove_stale_temporaries, write_metrics
-
-    remove_stale_temporaries(path.parent)
-    # As vi_sweep.baselines.write_baseline writes it (the table is the one it would build).
-    write_metrics(path.parent, job.metrics, resolved_config=dict(job.fields), fields=job.fields)
 
 
 def _read_cache(path: Path, fields: Mapping[str, Any]) -> Job | None:
@@ -181,7 +174,7 @@ def _job_from_frame(fields: dict[str, Any], run_row: pd.Series, rows: pd.DataFra
 
 def _try_cache(path: Path, job: Job) -> None:
     try:
-        _write_cache(path, job)
+        write_baseline(path, job.metrics, job.fields)
     except OSError as err:
         warnings.warn(f"could not cache an exact baseline in {path.parent}: {err}", BaselineCacheWarning, stacklevel=3)
 

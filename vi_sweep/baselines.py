@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+import pyarrow as pa
 
-from vi_sweep.results import METRICS_FILE, metrics_table, read_fields, remove_stale_temporaries, write_metrics
+from vi_sweep.results import METRICS_FILE, metrics_table, read_fields, write_metrics
 
 BASELINE_DIR = "baselines"
 BASELINE_IGNORES = ("objective", "estimator", "num_mc", "seed")
@@ -57,11 +58,13 @@ def cache_file(sweep_dir: Path, key: str) -> Path:
     return Path(sweep_dir) / BASELINE_DIR / digest / METRICS_FILE
 
 
-def write_baseline(path: Path, fields: Mapping[str, Any], rows: Mapping[str, np.ndarray], diverged_at: int) -> Path:
-    """Write one baseline's rows (with ``step``) to ``path`` (:func:`cache_file`), atomically
-    (and without the temporary file of an earlier, killed write)."""
-    table = metrics_table(rows, fields, diverged_at, BASELINE_SCENARIO)
-    remove_stale_temporaries(Path(path).parent)
+def baseline_table(rows: Mapping[str, np.ndarray], fields: Mapping[str, Any], diverged_at: int) -> pa.Table:
+    """One baseline's rows (with ``step``) as the table of its file."""
+    return metrics_table(rows, fields, diverged_at, BASELINE_SCENARIO)
+
+
+def write_baseline(path: Path, table: pa.Table, fields: Mapping[str, Any]) -> Path:
+    """Write a :func:`baseline_table` to ``path`` (:func:`cache_file`), atomically."""
     return write_metrics(Path(path).parent, table, resolved_config=dict(fields), fields=fields)
 
 

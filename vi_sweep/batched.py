@@ -54,7 +54,7 @@ from vi_sweep.compose import TemplateComposer
 from vi_sweep.config import ConfigError
 from vi_sweep.host import CPU_VECTOR_WIDTHS, available_cores, prefer_cpu_vector_width
 from vi_sweep.job_dirs import write_job_dir
-from vi_sweep.results import METRICS_FILE, read_fields, remove_stale_temporaries
+from vi_sweep.results import METRICS_FILE, read_fields
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def _compute_and_write(
     # With submitit this process only plans and writes: it never starts a JAX backend (it may be
     # a login node), and each submitted job pads its chunk for its own devices.
     devices = [] if on_submitit else init_jax(options, cwd=cwd)
-    from vi_sweep.baselines import baseline_key, cache_file, write_baseline
+    from vi_sweep.baselines import baseline_key, baseline_table, cache_file, write_baseline
     from vi_sweep.sweep_plan import plan_sweep
     from vi_sweep.trainer import split_fields
 
@@ -369,7 +369,7 @@ def _compute_and_write(
                     twin = twins[job_in_plan - len(todo)]
                     path = cache_file(sweep_dir, baseline_key(twin))
                     try:
-                        write_baseline(path, twin, rows, diverged_at)
+                        write_baseline(path, baseline_table(rows, twin, diverged_at), twin)
                     except OSError as err:  # a cache: the report trains what is missing
                         unwritten.append(f"{path.parent}: {err.strerror or err}")
                     continue
@@ -417,9 +417,10 @@ def _run_here(plan, devices, counters: SweepCounters, write_chunk: Callable[[int
 
     Chunks in ``small`` (the exact baselines: a few runs without noise) have their own bound of
     one in flight, so they start with the jobs' last chunk instead of after the writing of the
-    first, and run on one device: a call sharded over several CPU devices does not return until the devices' previous
-    call is done (measured: a second sharded call waited 1.8 s for the first; a one-device call
-    returned at once and ran after it), and this thread has jobs to write meanwhile."""
+    first, and run on one device: a call sharded over several CPU devices does not return until
+    the devices' previous call is done (measured: a second sharded call waited 1.8 s for the
+    first; a one-device call returned at once and ran after it), and this thread has jobs to
+    write meanwhile."""
     stop_counting = _count_compiles(counters)
     try:
         pending: collections.deque = collections.deque()
@@ -429,7 +430,7 @@ def _run_here(plan, devices, counters: SweepCounters, write_chunk: Callable[[int
             while sum((done in small) == is_small for done, _ in pending) >= (1 if is_small else CHUNKS_IN_FLIGHT):
                 done, outputs = pending.popleft()
                 write_chunk(done, to_numpy(outputs))
-            pending.append((index, dispatch(chunk, plan, devices[:1] if index in small else devices)))
+            pending.append((index, dispatch(chunk, plan, devices[:1] if is_small else devices)))
             log.debug("call %d/%d: dispatched %d runs (num_mc=%d)", index + 1, len(plan.chunks), chunk.size, chunk.spec.num_mc)
         while pending:
             done, outputs = pending.popleft()
@@ -576,7 +577,6 @@ def write_job(hydra_context: HydraContext, config: DictConfig, job: Job, rows: d
 
     def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
         _quiet_console()
-        remove_stale_temporaries(job.out_dir)
         return finish_job(job.out_dir, task_cfg, job.fields, job_scenario(task_cfg), rows, diverged_at, echo=False)
 
     return write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows)

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 METRICS_FILE = "metrics.parquet"
+_TMP_PREFIX, _TMP_SUFFIX = f".{METRICS_FILE}.", ".tmp"  # write_metrics' temporary files
 METRIC_COLUMNS = (
     "step",
     "loss",
@@ -69,7 +70,8 @@ def write_metrics(
     """Write ``out_dir/metrics.parquet`` via a temporary file + ``os.replace`` (atomic on POSIX).
 
     A process killed mid-write leaves at most a ``.metrics.parquet.*.tmp`` file, never a partial
-    ``metrics.parquet``.
+    ``metrics.parquet``; the next write into ``out_dir`` removes it (one writer per directory:
+    a job's dir, or one baseline's).
     """
     import jax
 
@@ -87,7 +89,9 @@ def write_metrics(
     )
     table = table.replace_schema_metadata(metadata)
     path = out_dir / METRICS_FILE
-    fd, tmp_name = tempfile.mkstemp(prefix=".metrics.parquet.", suffix=".tmp", dir=out_dir)
+    for stale in out_dir.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=out_dir)
     try:
         with os.fdopen(fd, "wb") as handle:
             pq.write_table(table, handle)
@@ -99,13 +103,6 @@ def write_metrics(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
-
-
-def remove_stale_temporaries(out_dir: str | os.PathLike) -> None:
-    """Delete the ``.metrics.parquet.*.tmp`` files a process killed mid-write left in ``out_dir``
-    (before its own file is written there again: only one writer per directory)."""
-    for stale in Path(out_dir).glob(f".{METRICS_FILE}.*.tmp"):
-        stale.unlink(missing_ok=True)
 
 
 def current_umask() -> int:
