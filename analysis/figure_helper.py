@@ -4,8 +4,9 @@ Drawing is single-threaded Python (matplotlib), about 0.3 s a figure, and it is 
 report's time. :class:`FigureHelper` starts a Python running :func:`main` (a fresh
 interpreter: safe in a process running JAX's threads, where ``fork`` is not, and unlike
 ``multiprocessing``'s ``spawn`` it never re-imports the caller's ``__main__``). The helper
-imports matplotlib and pandas (~0.6 s) while the caller reads and classifies the sweep, then
-draws the jobs it is sent.
+imports matplotlib and pandas (~0.6 s) while the caller does something else -- reads and
+classifies the sweep, or, started by a multirun's ``SweepSummary`` callback, composes the
+sweep -- then draws the jobs it is sent.
 
 :func:`draw_all` shares a list of jobs between the two processes: the helper takes jobs from the
 front, the caller from the back, until they meet. A job the helper fails on, the one it holds
