@@ -101,8 +101,8 @@ def part_notebook(steps: int, seeds: int) -> dict:
 def part_compute(steps: int, seeds: int, devices: int) -> dict:
     """The floor (keys + normals only) and the trainer's batched calls alone, on ``devices`` CPU devices."""
     sys.path.insert(0, str(REPO))
-    from hydra_plugins.vi_sweep_launcher.vi_sweep_launcher import BatchedLauncherConf
-    from vi_sweep.host import prefer_cpu_vector_width
+    from vi_sweep.launch.devices import prefer_cpu_vector_width
+    from vi_sweep.launch.options import BatchedLauncherConf
 
     prefer_cpu_vector_width(BatchedLauncherConf.cpu_vector_width)  # as the launcher, before JAX starts
     import jax
@@ -113,7 +113,7 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from vi_sweep.trainer import as_hyper, make_train, split_fields
+    from vi_sweep.core.trainer import as_hyper, make_train, split_fields
 
     mesh_devices = jax.local_devices()
     sharding = NamedSharding(Mesh(mesh_devices, ("runs",)), PartitionSpec("runs"))
@@ -194,7 +194,8 @@ def child(part: str, *args: str) -> dict:
 
 
 def has_report() -> bool:
-    return (REPO / "analysis" / "report.py").exists()
+    """Whether this checkout has the report (an old checkout, measured side by side, may not)."""
+    return any((REPO / where / "report.py").exists() for where in ("vi_sweep/analysis", "analysis"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             report = measure([sys.executable, "-m", "vi_sweep", "report", str(tmp_path / "no_report")])
             notes.append(f"report alone (`python -m vi_sweep report`, its own process): {report['wall_s']:.1f} s, peak {report['peak_rss_mib']:.0f} MiB")
         else:
-            notes.append("report: analysis/report.py not in this checkout, not timed")
+            notes.append("report: not in this checkout, not timed")
         rows.append(("3a. multirun, batched launcher, cold cache, with its report", cold["wall_s"], cold["peak_rss_mib"]))
         rows.append(("3b. multirun, batched launcher, warm cache, with its report", warm["wall_s"], warm["peak_rss_mib"]))
         rows.append(("3c. as 3b on 1 CPU device (no sharding)", one_device["wall_s"], one_device["peak_rss_mib"]))

@@ -1,8 +1,8 @@
 """Test sweeps written the way a launcher writes them, without starting Hydra jobs.
 
 Fields come from composing the real ``conf/`` (so they are exactly what ``python -m vi_sweep``
-records), runs are trained with ``vi_sweep.trainer`` (one vmapped call per compiled shape) and
-written with ``vi_sweep.results``: ``<sweep_dir>/<job>/metrics.parquet``, jobs numbered in order.
+records), runs are trained with ``vi_sweep.core.trainer`` (one vmapped call per compiled shape) and
+written with ``vi_sweep.store.metrics``: ``<sweep_dir>/<job>/metrics.parquet``, jobs numbered in order.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from vi_sweep.config import CONF_DIR, run_fields
-from vi_sweep.results import metrics_table, write_metrics
-from vi_sweep.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields
+from vi_sweep.launch.config import CONF_DIR, run_fields
+from vi_sweep.store.metrics import metrics_table, write_metrics
+from vi_sweep.core.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields
 
 # The default grid of conf/grid/default.yaml, reduced to the cells of the notebook's story plus a
 # collapse: too-small lr, the good cell (0.05, 32), the stress cell (0.2, 1), lr = 1, lr = 10.

@@ -14,14 +14,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import baseline as baseline_module
-from analysis.baseline import References, closed_form_constants, exact_baselines, target_constants, target_structure
-from analysis.load import SkippedFileWarning, Sweep, SweepError, load_sweep, load_trajectories, read_sweep
-from analysis.outcomes import OUTCOMES, Thresholds, classify, falling_critical_t, log_trend_t, tail_length
-from analysis.phase import bootstrap_median_interval, cell_keys, example_cells, phase_table
+from vi_sweep.analysis import references as baseline_module
+from vi_sweep.analysis.references import References, closed_form_constants, exact_baselines, target_constants, target_structure
+from vi_sweep.analysis.load import load_sweep, load_trajectories
+from vi_sweep.analysis.read import SkippedFileWarning, Sweep, SweepError, read_sweep
+from vi_sweep.analysis.outcomes import OUTCOMES, Thresholds, classify, falling_critical_t, log_trend_t, tail_length
+from vi_sweep.analysis.phase import bootstrap_median_interval, cell_keys, example_cells, phase_table
 from tests.seed_notebook import reference_rows
 from tests.sweeps import composed_fields, grid, write_sweep
-from vi_sweep.results import METRIC_COLUMNS
+from vi_sweep.store.metrics import METRIC_COLUMNS
 
 STEPS = np.array([1, *range(200, 2001, 200)])  # the default grid's logged steps (11 rows)
 D = 100  # tolerance = 0.01 * 100 = 1 nat
@@ -328,7 +329,7 @@ TARGET_CASES = [
 
 
 def test_the_numpy_targets_mirror_every_builder_of_vi_sweep_targets():
-    from vi_sweep.targets import TARGETS, make_target
+    from vi_sweep.core.targets import TARGETS, make_target
 
     assert {name for name, _ in TARGET_CASES} == set(TARGETS)  # a new target needs its numpy twin
     for name, params in TARGET_CASES:
@@ -346,7 +347,7 @@ def test_the_numpy_targets_mirror_every_builder_of_vi_sweep_targets():
 def test_numpy_target_constants_equal_the_float32_jax_methods(name, params):
     import jax.numpy as jnp
 
-    from vi_sweep.targets import make_target
+    from vi_sweep.core.targets import make_target
 
     for d in (1, 7, 100, 1000):
         for s in (-3.0, -2.0, 0.0, 0.7):
@@ -470,7 +471,7 @@ def test_cell_keys_ignore_hyperparameters_implied_by_the_optimizer():
 
 
 def test_the_interval_coverage_is_the_exact_order_statistic_probability():
-    from analysis.phase import bootstrap_median_interval, order_statistic_coverage
+    from vi_sweep.analysis.phase import bootstrap_median_interval, order_statistic_coverage
 
     values = np.array([3.0, 1.0, 2.0])
     low, high = bootstrap_median_interval(values, rng=np.random.default_rng(0))

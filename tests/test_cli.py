@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import REPO
 from vi_sweep.__main__ import main
-from vi_sweep.results import METRIC_COLUMNS
+from vi_sweep.store.metrics import METRIC_COLUMNS
 
 CONFIG_COLUMNS = ("objective", "estimator", "optimizer", "lr", "num_mc", "seed", "d", "steps", "init_log_sigma", "scenario", "target")
 
@@ -26,7 +26,7 @@ def test_run_writes_one_parquet_with_metrics_config_and_metadata(cli, tmp_path):
     import pyarrow.parquet as pq
 
     metadata = pq.read_schema(tmp_path / "metrics.parquet").metadata
-    config = json.loads(metadata[b"vi_sweep.config"])
+    config = json.loads(metadata[b"vi_sweep.launch.config"])
     assert config["steps"] == 50 and config["optimizer"]["name"] == "adam"
     assert metadata[b"vi_sweep.version"] and metadata[b"jax.version"]
     assert (tmp_path / ".hydra" / "config.yaml").exists()
@@ -141,7 +141,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     import numpy as np
     import pyarrow.parquet as pq
 
-    from vi_sweep import results
+    from vi_sweep.store import metrics as results
 
     rows = {name: np.zeros(3) for name in METRIC_COLUMNS}
     rows["step"] = np.array([1, 2, 3])
@@ -179,7 +179,7 @@ def test_keys_and_sweeps_vi_sweep_cannot_run_are_one_line(mode, override, messag
 
 
 def test_a_scenario_sweep_with_grid_none_or_its_keys_on_the_command_line_is_fine(capsys):
-    from vi_sweep.__main__ import precheck
+    from vi_sweep.launch.precheck import precheck
 
     precheck(["scenario=seed_stress,none", "grid=none"], multirun=True)
     precheck(["scenario=glob(*)", "lr=0.1", "num_mc=1,4"], multirun=True)

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 
 from tests.sweeps import composed_fields
-from vi_sweep.cluster import SHARED_NODE_ENV, executor_parameters, make_executor, padded, train_chunk
-from vi_sweep.results import read_fields
-from vi_sweep.trainer import split_fields, train_one
+from vi_sweep.launch.cluster import SHARED_NODE_ENV, executor_parameters, make_executor, padded, train_chunk
+from vi_sweep.store.metrics import read_fields
+from vi_sweep.core.trainer import split_fields, train_one
 
 pytest.importorskip("submitit")
 
 # 8 runs in 2 compiled groups (num_mc=1 and num_mc=4) and the group of their 2 exact baselines
-# (vi_sweep.baselines): 3 submitit jobs, not 10.
+# (vi_sweep.store.baselines): 3 submitit jobs, not 10.
 GRID = ("lr=1e-2,1e-1", "num_mc=1,4", "seed=0,1", "steps=40", "log_every=10", "d=3", "grid=none", "hydra.launcher.compilation_cache_dir=null")
 
 

@@ -9,8 +9,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from vi_sweep.compose import TemplateComposer
-from vi_sweep.config import CONF_DIR
+from vi_sweep.launch.compose import TemplateComposer
+from vi_sweep.launch.config import CONF_DIR
 
 # Pairs with the same shape (reuse a template) and every kind of override that must not.
 JOBS = [

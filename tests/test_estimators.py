@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vi_sweep.objectives import ESTIMATORS, Params, diag_normal_log_density, make_mc_objective
-from vi_sweep.targets import make_target
-from vi_sweep.trainer import split_fields, train_one
+from vi_sweep.core.objectives import ESTIMATORS, Params, diag_normal_log_density, make_mc_objective
+from vi_sweep.core.targets import make_target
+from vi_sweep.core.trainer import split_fields, train_one
 
 Z = 5.0
 D = 4

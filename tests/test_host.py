@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from vi_sweep.host import available_cores, prefer_cpu_vector_width
+from vi_sweep.host import available_cores
+from vi_sweep.launch.devices import prefer_cpu_vector_width
 
 
 def test_available_cores_counts_at_least_one_core():

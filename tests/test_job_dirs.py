@@ -18,8 +18,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf, open_dict
 
-from vi_sweep.config import CONF_DIR
-from vi_sweep.job_dirs import to_yaml, write_job_dir
+from vi_sweep.launch.config import CONF_DIR
+from vi_sweep.launch.job_dirs import to_yaml, write_job_dir
 
 SEEN: list[tuple[str, Any]] = []  # what the recording callback saw, in order
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import REPO, run_cli
 from tests.seed_notebook import reference_rows
-from vi_sweep.results import read_fields
+from vi_sweep.store.metrics import read_fields
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,7 @@ def test_each_batched_job_equals_the_same_job_run_by_the_basic_launcher(sweeps):
         a, b = pd.read_parquet(basic[key] / "metrics.parquet"), pd.read_parquet(job / "metrics.parquet")
         pd.testing.assert_frame_equal(b, a, rtol=1e-5, atol=1e-6)  # float32 round-off: vmapped vs single
         meta_a, meta_b = pq.read_schema(basic[key] / "metrics.parquet").metadata, pq.read_schema(job / "metrics.parquet").metadata
-        assert meta_b[b"vi_sweep.config"] == meta_a[b"vi_sweep.config"] and meta_b[b"vi_sweep.fields"] == meta_a[b"vi_sweep.fields"]
+        assert meta_b[b"vi_sweep.launch.config"] == meta_a[b"vi_sweep.launch.config"] and meta_b[b"vi_sweep.fields"] == meta_a[b"vi_sweep.fields"]
         for name in ("config.yaml", "overrides.yaml"):
             assert (job / ".hydra" / name).read_text() == (basic[key] / ".hydra" / name).read_text()
         assert (job / ".hydra" / "hydra.yaml").exists() and (job / "vi_sweep.log").exists()
@@ -215,7 +215,7 @@ def test_a_sweep_killed_mid_way_and_rerun_ends_with_exactly_an_uninterrupted_swe
     for name in names:
         a, b = pq.read_table(killed / name / "metrics.parquet"), pq.read_table(clean / name / "metrics.parquet")
         assert a.equals(b), name  # same values, bit for bit
-        assert a.schema.metadata[b"vi_sweep.config"] == b.schema.metadata[b"vi_sweep.config"]
+        assert a.schema.metadata[b"vi_sweep.launch.config"] == b.schema.metadata[b"vi_sweep.launch.config"]
 
 
 def test_a_diverged_run_is_data_and_the_sweep_succeeds(tmp_path):
@@ -295,8 +295,8 @@ def test_importing_the_plugin_does_not_import_jax():
 
 
 def test_the_launcher_trains_the_exact_baselines_the_report_would_train(tmp_path, monkeypatch):
-    import analysis.baseline
-    from analysis.load import read_sweep
+    import vi_sweep.analysis.references
+    from vi_sweep.analysis.read import read_sweep
 
     # An MC-only sweep has no exact jobs: the launcher trains each distinct exact twin (one per
     # lr here) along with the jobs, into baselines/, where the report looks first.
@@ -313,13 +313,13 @@ def test_the_launcher_trains_the_exact_baselines_the_report_would_train(tmp_path
     # runs a group of baselines unsharded, on one device, as the report does) ...
     without = tmp_path / "without"
     shutil.copytree(sweep, without, ignore=shutil.ignore_patterns("baselines"))
-    analysis.baseline.exact_baselines(read_sweep(without))
+    vi_sweep.analysis.references.exact_baselines(read_sweep(without))
     for path in ours:
         assert (without / path.relative_to(sweep)).read_bytes() == path.read_bytes()
 
     # ... so the report takes them and trains nothing.
-    monkeypatch.setattr(analysis.baseline, "_train", lambda fields: pytest.fail(f"trained {len(fields)} baselines"))
-    references = analysis.baseline.exact_baselines(read_sweep(sweep))
+    monkeypatch.setattr(vi_sweep.analysis.references, "_train", lambda fields: pytest.fail(f"trained {len(fields)} baselines"))
+    references = vi_sweep.analysis.references.exact_baselines(read_sweep(sweep))
     assert list(references.baselines["source"]) == ["computed", "computed"]
 
     # A rerun finds them (no new baselines); with exact_baselines=false none are trained.
@@ -366,21 +366,23 @@ def test_a_baseline_that_cannot_be_written_is_one_warning_and_the_report_trains_
     assert (sweep / "report" / "summary.md").exists()
 
 
-def test_a_user_module_named_analysis_leaves_one_warning_line(tmp_path):
-    # A user's analysis.py where the sweep starts shadows the package: the figure helper cannot
-    # start, which is silent, and the report says once that it was not written.
-    (tmp_path / "analysis.py").write_text("X = 1\n")
+def test_a_user_module_named_analysis_does_not_shadow_the_report(tmp_path):
+    # The analysis library lives inside the package (vi_sweep.analysis): a user's own analysis.py
+    # or analysis/ package where the sweep starts is theirs, and the report is written as usual.
+    (tmp_path / "analysis.py").write_text("raise ImportError('the user module was imported')\n")
     result = run_cli("multirun", "lr=0.05", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("vi_sweep: warning: report not written"), lines
+    assert result.stderr.strip() == ""
+    assert (tmp_path / "sweep" / "report" / "summary.md").exists()
+    report = run_cli("report", str(tmp_path / "sweep"), cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+    assert report.returncode == 0 and report.stderr == "", report.stderr
 
 
 def test_chunks_of_baselines_have_their_own_bound_in_flight(monkeypatch):
     # Up to CHUNKS_IN_FLIGHT chunks of jobs and one of baselines, whatever the plan holds.
     from types import SimpleNamespace
 
-    import vi_sweep.batched as batched
+    import vi_sweep.launch.batched as batched
 
     kinds = ["jobs"] * 4 + ["baselines"] * 10 + ["jobs"] * 2
     chunks = [SimpleNamespace(size=2, spec=SimpleNamespace(num_mc=0 if kind == "baselines" else 1)) for kind in kinds]
@@ -403,8 +405,8 @@ def test_chunks_of_baselines_have_their_own_bound_in_flight(monkeypatch):
 
     monkeypatch.setattr(batched, "dispatch", dispatch)
     monkeypatch.setattr(batched, "to_numpy", lambda outputs: outputs)
-    monkeypatch.setattr(batched, "_count_compiles", lambda counters: (lambda: None))
+    monkeypatch.setattr(batched, "count_compiles", lambda counters: (lambda: None))
     small = frozenset(i for i, kind in enumerate(kinds) if kind == "baselines")
-    batched._run_here(SimpleNamespace(chunks=chunks), ["cpu0", "cpu1"], batched.SweepCounters(), write_chunk, small=small)
+    batched._run_here(SimpleNamespace(chunks=chunks), ["cpu0", "cpu1"], batched.CompileCounts(), write_chunk, small=small)
     assert peak == {"jobs": batched.CHUNKS_IN_FLIGHT, "baselines": 1}
     assert order == list(range(len(kinds)))  # written in plan order

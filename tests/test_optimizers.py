@@ -16,8 +16,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.seed_notebook import kl_diag_standard_normal, step_mc
-from vi_sweep.config import CONF_DIR, run_fields
-from vi_sweep.trainer import split_fields, train_one
+from vi_sweep.launch.config import CONF_DIR, run_fields
+from vi_sweep.core.trainer import split_fields, train_one
 
 RUN = dict(lr=0.05, num_mc=4, d=5, steps=6, log_every=1, init_log_sigma=-1.0, seed=0)
 RUN_OVERRIDES = [f"{key}={value}" for key, value in RUN.items()]

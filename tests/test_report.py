@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import load_sweep, phase_table, write_report
-from analysis.figures import Panel, excess_heatmap, kl_curves, phase_map, sigma_statistics
-from analysis.load import read_sweep
-from analysis.outcomes import OUTCOMES
-from analysis.report import main as report_main
+from vi_sweep.analysis import load_sweep, phase_table, write_report
+from vi_sweep.analysis.figures import Panel, excess_heatmap, kl_curves, phase_map, sigma_statistics
+from vi_sweep.analysis.read import read_sweep
+from vi_sweep.analysis.outcomes import OUTCOMES
+from vi_sweep.analysis.report import main as report_main
 from tests.conftest import REPO
 from tests.sweeps import STORY_GRID, composed_fields, grid, write_sweep
 
@@ -103,7 +103,7 @@ def test_figures_call_overlays_with_panel_coordinates(story_sweep):
     assert grid_panel.x_of(0.05) == 1 and grid_panel.y_of(32) == 1  # categorical positions
     assert 1 < grid_panel.x_of(0.1) < 2  # log-interpolated between 0.05 and 0.2
     assert len(grid_panel.data) == 10
-    from analysis.baseline import exact_baselines
+    from vi_sweep.analysis.references import exact_baselines
 
     references = exact_baselines(sweep)
     curves: list[Panel] = []
@@ -154,13 +154,13 @@ def test_multirun_ends_by_writing_the_report_and_printing_its_path(cli, tmp_path
 def test_a_failing_report_is_one_line_and_does_not_raise(tiny_sweep, tmp_path, capsys, monkeypatch):
     from omegaconf import OmegaConf
 
-    import analysis.report
-    from vi_sweep.callbacks import SweepSummary
+    import vi_sweep.analysis.report
+    from vi_sweep.launch.callbacks import SweepSummary
 
     def broken(argv, **kwargs):
         raise RuntimeError("figure backend exploded\nsecond line")
 
-    monkeypatch.setattr(analysis.report, "main", broken)
+    monkeypatch.setattr(vi_sweep.analysis.report, "main", broken)
     sweep_dir = copy_sweep(tiny_sweep, tmp_path)
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}}))
     captured = capsys.readouterr()
@@ -177,12 +177,12 @@ def test_the_sweep_process_imports_the_report_while_jobs_run_and_workers_do_not(
 
     from omegaconf import OmegaConf
 
-    import vi_sweep.callbacks
+    import vi_sweep.launch.callbacks
     import vi_sweep.host
-    from vi_sweep.callbacks import SweepSummary
+    from vi_sweep.launch.callbacks import SweepSummary
 
     imported = []
-    monkeypatch.setattr(vi_sweep.callbacks, "_import_quietly", imported.append)
+    monkeypatch.setattr(vi_sweep.launch.callbacks, "_import_quietly", imported.append)
     monkeypatch.setattr(vi_sweep.host, "available_cores", lambda: 1)  # no figure helper in this test
     config = OmegaConf.create({})
     in_sweep = SweepSummary()
@@ -190,7 +190,7 @@ def test_the_sweep_process_imports_the_report_while_jobs_run_and_workers_do_not(
     in_sweep.on_job_start(config)
     in_sweep.on_job_start(config)  # once per sweep
     in_sweep._prefetch.join()
-    assert imported == ["analysis.report"]
+    assert imported == ["vi_sweep.analysis.report"]
     # As submitit ships it to a worker: the thread is not pickled, and the worker (another
     # process, here faked by another pid) does not import the report.
     worker = pickle.loads(pickle.dumps(in_sweep))
@@ -203,19 +203,19 @@ def test_the_sweep_process_imports_the_report_while_jobs_run_and_workers_do_not(
 def test_the_figure_helper_starts_with_the_sweep_and_its_report_uses_and_ends_it(tiny_sweep, tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    import analysis.report
+    import vi_sweep.analysis.report
     import vi_sweep.host
-    from vi_sweep.callbacks import SweepSummary
+    from vi_sweep.launch.callbacks import SweepSummary
 
     monkeypatch.setattr(vi_sweep.host, "available_cores", lambda: 2)
     given = []
-    write_report = analysis.report.write_report
+    write_report = vi_sweep.analysis.report.write_report
 
     def spy(*args, helper=None, **kwargs):
         given.append(helper)
         return write_report(*args, helper=helper, **kwargs)
 
-    monkeypatch.setattr(analysis.report, "write_report", spy)
+    monkeypatch.setattr(vi_sweep.analysis.report, "write_report", spy)
     sweep_dir = copy_sweep(tiny_sweep, tmp_path)
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}})
     callback = SweepSummary()
@@ -238,18 +238,18 @@ def test_the_figure_helper_starts_with_the_sweep_and_its_report_uses_and_ends_it
 
 
 def test_a_report_that_fails_before_drawing_stops_the_helper_it_was_given(tmp_path, capsys):
-    import analysis.report
-    from analysis.figure_helper import FigureHelper
+    import vi_sweep.analysis.report
+    from vi_sweep.analysis.figure_helper import FigureHelper
 
     helper = FigureHelper()
-    assert analysis.report.main([str(tmp_path / "missing")], helper=helper) == 2
+    assert vi_sweep.analysis.report.main([str(tmp_path / "missing")], helper=helper) == 2
     assert helper.proc.poll() is not None
     assert capsys.readouterr().err.startswith("vi_sweep: error: ")
 
 
 def test_import_analysis_gives_its_exports_and_submodules_lazily():
     code = (
-        "import sys, analysis; assert 'pandas' not in sys.modules; "
+        "import sys, vi_sweep.analysis as analysis; assert 'pandas' not in sys.modules; "
         "analysis.load_sweep; analysis.report.write_report; analysis.figures.phase_map; print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -274,7 +274,7 @@ def test_example_notebook_rebuilds_the_phase_map(tiny_sweep, monkeypatch):
 def test_figures_are_shared_with_the_helper_and_drawn_here_if_it_fails():
     import time
 
-    from analysis.figure_helper import FigureHelper, draw_all
+    from vi_sweep.analysis.figure_helper import FigureHelper, draw_all
 
     jobs = [f"job{i}" for i in range(60)]
     drawn_here = []
@@ -286,7 +286,7 @@ def test_figures_are_shared_with_the_helper_and_drawn_here_if_it_fails():
 
     helper = FigureHelper()
     try:
-        # The helper draws with analysis.report.render_figure, which fails on these jobs: it
+        # The helper draws with vi_sweep.analysis.render.render_figure, which fails on these jobs: it
         # answers each with an error, and every job it took is drawn here once more.
         draw_all(jobs, draw_slowly, helper)
     finally:
@@ -299,7 +299,7 @@ def test_figures_are_shared_with_the_helper_and_drawn_here_if_it_fails():
 
 
 def test_a_dead_helper_leaves_every_figure_to_this_process():
-    from analysis.figure_helper import FigureHelper, draw_all
+    from vi_sweep.analysis.figure_helper import FigureHelper, draw_all
 
     helper = FigureHelper()
     helper.proc.kill()
@@ -311,12 +311,12 @@ def test_a_dead_helper_leaves_every_figure_to_this_process():
 
 
 def test_a_figure_failing_here_stops_the_helper_and_leaves_no_report(tiny_sweep, tmp_path, monkeypatch):
-    import analysis.report
+    import vi_sweep.analysis.report
 
     def broken(job):
         raise RuntimeError("backend exploded")
 
-    monkeypatch.setattr(analysis.report, "render_figure", broken)  # this process only, not the helper
+    monkeypatch.setattr(vi_sweep.analysis.report, "render_figure", broken)  # this process only, not the helper
     sweep_dir = copy_sweep(tiny_sweep, tmp_path)
     with pytest.raises(RuntimeError, match="backend exploded"):
         write_report(sweep_dir)
@@ -325,7 +325,7 @@ def test_a_figure_failing_here_stops_the_helper_and_leaves_no_report(tiny_sweep,
 
 
 def test_a_helper_that_never_gets_ready_does_not_hold_up_the_report(tmp_path, monkeypatch):
-    from analysis.figure_helper import FigureHelper, draw_all
+    from vi_sweep.analysis.figure_helper import FigureHelper, draw_all
 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexec sleep 600\n")  # a sys.executable that is no plain Python
@@ -342,7 +342,7 @@ def test_a_job_that_cannot_be_sent_to_the_helper_is_drawn_here():
     import threading
     import time
 
-    from analysis.figure_helper import FigureHelper, draw_all
+    from vi_sweep.analysis.figure_helper import FigureHelper, draw_all
 
     jobs = [("job", i, threading.Lock() if i == 0 else None) for i in range(6)]  # job 0 does not pickle
     drawn_here = []
@@ -363,7 +363,7 @@ def test_a_job_that_cannot_be_sent_to_the_helper_is_drawn_here():
 def test_the_helper_imports_what_this_process_imports_not_the_cwds_packages(tmp_path, monkeypatch):
     import pickle
 
-    from analysis.figure_helper import READY, FigureHelper
+    from vi_sweep.analysis.figure_helper import READY, FigureHelper
 
     marker = tmp_path / "executed"
     (tmp_path / "analysis").mkdir()
@@ -379,7 +379,7 @@ def test_the_helper_imports_what_this_process_imports_not_the_cwds_packages(tmp_
 
 
 def test_no_helper_on_one_core():
-    from analysis.figure_helper import start_helper
+    from vi_sweep.analysis.figure_helper import start_helper
 
     assert start_helper(cores=1) is None
 
@@ -387,7 +387,7 @@ def test_no_helper_on_one_core():
 def test_save_figure_keeps_dots_in_facet_names_and_writes_reproducible_bytes(tmp_path):
     from matplotlib.figure import Figure
 
-    from analysis.figures import save_figure
+    from vi_sweep.analysis.figures import save_figure
 
     fig = Figure(figsize=(1, 1))
     fig.add_subplot().plot([0, 1], [1, 0])
@@ -412,8 +412,8 @@ def _theory_lines(figure):
 
 
 def test_sgd_sweeps_get_the_theory_overlays_and_adam_sweeps_do_not(sgd_sweep, story_sweep):
-    from analysis.report import theory_overlays
-    from analysis.theory import stability_limit_lr
+    from vi_sweep.analysis.render import theory_overlays
+    from vi_sweep.analysis.theory import stability_limit_lr
 
     runs = load_sweep(sgd_sweep)
     overlays = theory_overlays(runs)

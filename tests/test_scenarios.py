@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from vi_sweep.__main__ import main, precheck
-from vi_sweep.config import CONF_DIR, group_options
-from vi_sweep.results import read_fields
-from vi_sweep.trainer import split_fields, train_one
+from vi_sweep.__main__ import main
+from vi_sweep.launch.precheck import precheck
+from vi_sweep.launch.config import CONF_DIR, group_options
+from vi_sweep.store.metrics import read_fields
+from vi_sweep.core.trainer import split_fields, train_one
 
 SCENARIOS = {  # scenario -> what it must set (dotted keys)
     "none": {"d": 100, "init_log_sigma": -2.0, "target.name": "standard_normal"},

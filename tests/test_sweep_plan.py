@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from vi_sweep.sweep_plan import chunk_size, floats_per_run, plan_sweep
-from vi_sweep.trainer import split_fields
+from vi_sweep.launch.sweep_plan import chunk_size, floats_per_run, plan_sweep
+from vi_sweep.core.trainer import split_fields
 from tests.sweeps import flat_fields
 
 

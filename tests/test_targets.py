@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vi_sweep.targets import correlated, ill_conditioned, make_target, shifted, standard_normal
-from vi_sweep.trainer import split_fields, train_one
+from vi_sweep.core.targets import correlated, ill_conditioned, make_target, shifted, standard_normal
+from vi_sweep.core.trainer import split_fields, train_one
 
 D = 6
 CASES = {  # name -> (builder kwargs, dense mean, dense covariance) from the definitions

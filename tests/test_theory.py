@@ -1,4 +1,4 @@
-"""The SGD theory overlays (analysis/theory.py) against the trainer and against their own algebra.
+"""The SGD theory overlays (vi_sweep/analysis/theory.py) against the trainer and against their own algebra.
 
 Main check: a measured SGD sweep (the vmapped trainer, reparam estimator, standard normal, d = 100,
 started *at* the optimum) settles at the predicted noise-floor KL in the small-lr regime.
@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from analysis.theory import (  # noqa: E402
+from vi_sweep.analysis.theory import (  # noqa: E402
     LR_LIMIT_LOG_SIGMA,
     LR_LIMIT_MU,
     draw_sgd_overlays,
@@ -32,7 +32,7 @@ from analysis.theory import (  # noqa: E402
     stationary_var_log_sigma,
     stationary_var_mu,
 )
-from vi_sweep.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields, train_one
+from vi_sweep.core.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields, train_one
 
 D, STEPS, BURN_IN, LOG_EVERY, SEEDS = 100, 4000, 1000, 10, 16
 LRS = (0.005, 0.01, 0.02)

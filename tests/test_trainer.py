@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vi_sweep.objectives import make_objective
-from vi_sweep.targets import standard_normal
+from vi_sweep.core.objectives import make_objective
+from vi_sweep.core.targets import standard_normal
 from tests.sweeps import flat_fields
-from vi_sweep.trainer import (
+from vi_sweep.core.trainer import (
     TrainSpec,
     as_hyper,
     jitted_batch_train,

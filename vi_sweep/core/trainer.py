@@ -23,10 +23,9 @@ inside a sweep (lr, seed, init_log_sigma, optimizer and target hyperparameters) 
 changing those values never recompiles.
 
 The draw is pipelined: step t's ``eps`` is drawn during step t-1 (the first one in ``init``) and
-carried in the state. The stream is the same; but the normals are now a loop-carried buffer,
-computed once per step, where XLA's CPU fusion would otherwise recompute the inverse-erf of every
-sample inside each of the three fusions that read ``eps`` (measured: the reference grid's
-training calls 4.25 s -> 3.36 s; the floor of drawing alone is 2.75 s).
+carried in the state. The stream is the same, but the normals are a loop-carried buffer computed
+once per step, where XLA's CPU fusion would otherwise recompute the inverse-erf of every sample
+inside each of the three fusions that read ``eps``.
 
 Divergence: a step whose loss, gradient or new parameters are not finite is not applied; the
 run records ``diverged_at`` (that step, 1-based; 0 = never), keeps its last finite parameters
@@ -44,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vi_sweep.objectives import Params, make_objective
-from vi_sweep.optimizers import make_optimizer
-from vi_sweep.targets import GaussianTarget, make_target
+from vi_sweep.core.objectives import Params, make_objective
+from vi_sweep.core.optimizers import make_optimizer
+from vi_sweep.core.targets import GaussianTarget, make_target
 
 
 class TrainSpec(NamedTuple):
@@ -233,7 +232,7 @@ def jitted_batch_train(spec: TrainSpec):
 
 
 # ---------------------------------------------------------------------------------------------
-# From flat config fields (see vi_sweep.config.run_fields) to (spec, hyper)
+# From flat config fields (see vi_sweep.launch.config.run_fields) to (spec, hyper)
 # ---------------------------------------------------------------------------------------------
 
 _SPEC_KEYS = ("objective", "estimator", "num_mc", "optimizer", "target", "d", "steps", "log_every")

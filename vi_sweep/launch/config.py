@@ -1,41 +1,48 @@
-"""Structured configs: the single source of truth for keys, types, defaults and validation.
+"""Structured configs: keys, types, defaults and validation of a run's config.
 
-Every config group in ``conf/`` mirrors one code module and one dataclass family here:
+Every config group in ``conf/`` mirrors one code module of :mod:`vi_sweep.core`:
 
-=================  ==========================  ===============================
+=================  ==========================  ===================================
 group              yaml files                  code
-=================  ==========================  ===============================
-``objective``      ``conf/objective/*.yaml``   ``vi_sweep/objectives.py``
-``optimizer``      ``conf/optimizer/*.yaml``   ``vi_sweep/optimizers.py``
-``target``         ``conf/target/*.yaml``      ``vi_sweep/targets.py``
+=================  ==========================  ===================================
+``objective``      ``conf/objective/*.yaml``   ``vi_sweep/core/objectives.py``
+``optimizer``      ``conf/optimizer/*.yaml``   ``vi_sweep/core/optimizers.py``
+``target``         ``conf/target/*.yaml``      ``vi_sweep/core/targets.py``
 ``scenario``       ``conf/scenario/*.yaml``    (overrides several keys at once)
 ``grid``           ``conf/grid/*.yaml``        (the default multirun grid)
-=================  ==========================  ===============================
+=================  ==========================  ===================================
 
-The yaml files only select a schema stored here (``defaults: [/schema/optimizer/adam@_here_]``), so a default value
-lives in exactly one place. Value rules (``lr > 0``, ``num_mc >= 1`` ...) live in :data:`RULES`
-and produce one-line :class:`ConfigError` messages that name the field and what is allowed.
-
-This module must stay importable without JAX: Hydra plugins and the CLI's pre-check import it.
+The schema of an optimizer or target option is made from its builder's signature
+(:func:`schema_from_builder`): a keyword's name, type and default there are the config key's, so
+a default lives in exactly one place (the code, as in optax) and a new option is one function in
+the core module and one yaml file. The yaml files only select a schema stored here
+(``defaults: [/schema/optimizer/adam@_here_]``). Value rules (``lr > 0``, ``num_mc >= 1`` ...)
+live in :data:`RULES` and produce one-line :class:`ConfigError` messages that name the field and
+what is allowed.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from vi_sweep.core import objectives, optimizers, targets
+from vi_sweep.launch.plain import to_plain
+
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 """The top-level ``conf/`` directory of the checkout (vi_sweep runs from a source/editable install)."""
 
-OBJECTIVES = ("exact", "mc")
-ESTIMATORS = ("reparam", "stl", "score")
-OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad", "adamw")
-TARGETS = ("standard_normal", "ill_conditioned", "correlated", "shifted")
+OBJECTIVES = tuple(objectives.OBJECTIVES)
+ESTIMATORS = tuple(objectives.ESTIMATORS)
+OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
+TARGETS = tuple(targets.TARGETS)
 
 
 class ConfigError(ValueError):
@@ -45,6 +52,11 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Schemas
 # --------------------------------------------------------------------------------------------
+
+
+def builder_default(builder: Callable[..., Any], name: str) -> Any:
+    """The default of keyword ``name`` in ``builder``'s signature."""
+    return inspect.signature(builder).parameters[name].default
 
 
 @dataclass
@@ -57,17 +69,7 @@ class ObjectiveConf:
     """
 
     name: str = MISSING
-    estimator: str = "reparam"
-
-
-@dataclass
-class ExactObjectiveConf(ObjectiveConf):
-    name: str = "exact"
-
-
-@dataclass
-class MCObjectiveConf(ObjectiveConf):
-    name: str = "mc"
+    estimator: str = builder_default(objectives.make_objective, "estimator")
 
 
 @dataclass
@@ -78,86 +80,40 @@ class OptimizerConf:
     """
 
     name: str = MISSING
-    grad_clip: Optional[float] = None
-
-
-@dataclass
-class AdamConf(OptimizerConf):
-    name: str = "adam"
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-
-
-@dataclass
-class SGDConf(OptimizerConf):
-    name: str = "sgd"
-
-
-@dataclass
-class MomentumConf(OptimizerConf):
-    name: str = "momentum"
-    momentum: float = 0.9
-    nesterov: bool = False
-
-
-@dataclass
-class RMSPropConf(OptimizerConf):
-    name: str = "rmsprop"
-    decay: float = 0.9
-    eps: float = 1e-8
-
-
-@dataclass
-class AdagradConf(OptimizerConf):
-    name: str = "adagrad"
-    initial_accumulator_value: float = 0.1
-    eps: float = 1e-7
-
-
-@dataclass
-class AdamWConf(OptimizerConf):
-    name: str = "adamw"
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 1e-4
+    grad_clip: Optional[float] = builder_default(optimizers.make_optimizer, "grad_clip")
 
 
 @dataclass
 class TargetConf:
-    """A Gaussian target p, so that the exact KL and the optimum are closed form."""
+    """A target p whose exact KL and mean-field optimum are closed form."""
 
     name: str = MISSING
 
 
-@dataclass
-class StandardNormalConf(TargetConf):
-    name: str = "standard_normal"
+def schema_from_builder(base: type, option: str, builder: Callable[..., Any], positional: Sequence[str]) -> type:
+    """A dataclass ``base`` + one field per keyword of ``builder`` (name, type and default from its signature).
+
+    ``positional``: the builder's arguments that are not config keys (``lr``, ``d``).
+    """
+    hints = typing.get_type_hints(builder)
+    extra = []
+    for name, parameter in inspect.signature(builder).parameters.items():
+        if name in positional:
+            continue
+        if parameter.default is inspect.Parameter.empty:
+            raise TypeError(f"{builder.__qualname__}: keyword {name} needs a default to be a config key")
+        extra.append((name, hints.get(name, type(parameter.default)), field(default=parameter.default)))
+    return _named_schema(base, option, extra)
 
 
-@dataclass
-class IllConditionedConf(TargetConf):
-    """N(0, diag(v)), v log-spaced from 1/condition to 1."""
-
-    name: str = "ill_conditioned"
-    condition: float = 1e4
-
-
-@dataclass
-class CorrelatedConf(TargetConf):
-    """N(0, (1 - rho) I + rho 11^T)."""
-
-    name: str = "correlated"
-    rho: float = 0.9
-
-
-@dataclass
-class ShiftedConf(TargetConf):
-    """N(offset * 1, I)."""
-
-    name: str = "shifted"
-    offset: float = 10.0
+def _named_schema(base: type, option: str, extra: Sequence[tuple]) -> type:
+    """``base`` with ``name = option`` and ``extra`` fields, importable as ``vi_sweep.launch.config.<Option><Base>``:
+    composed configs are pickled (the template composer, submitit), and pickle finds a class by name."""
+    camel = "".join(part.title() for part in option.split("_"))
+    schema = make_dataclass(f"{camel}{base.__name__}", [("name", str, field(default=option)), *extra], bases=(base,))
+    schema.__module__ = __name__
+    globals()[schema.__name__] = schema
+    return schema
 
 
 @dataclass
@@ -181,21 +137,9 @@ class RunConf:
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "objective": {"exact": ExactObjectiveConf, "mc": MCObjectiveConf},
-    "optimizer": {
-        "adam": AdamConf,
-        "sgd": SGDConf,
-        "momentum": MomentumConf,
-        "rmsprop": RMSPropConf,
-        "adagrad": AdagradConf,
-        "adamw": AdamWConf,
-    },
-    "target": {
-        "standard_normal": StandardNormalConf,
-        "ill_conditioned": IllConditionedConf,
-        "correlated": CorrelatedConf,
-        "shifted": ShiftedConf,
-    },
+    "objective": {name: _named_schema(ObjectiveConf, name, ()) for name in OBJECTIVES},
+    "optimizer": {name: schema_from_builder(OptimizerConf, name, builder, ("lr",)) for name, builder in optimizers.OPTIMIZERS.items()},
+    "target": {name: schema_from_builder(TargetConf, name, builder, ("d",)) for name, builder in targets.TARGETS.items()},
 }
 
 
@@ -363,14 +307,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
 
 
 def _to_plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return dict(cfg)
+    plain = to_plain(cfg)
+    return plain if isinstance(plain, dict) else dict(plain)
 
 
 def run_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:

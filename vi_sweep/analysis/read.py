@@ -1,7 +1,11 @@
 """Reading a sweep directory: one ``metrics.parquet`` per job, read with pyarrow, never with Hydra.
 
+The lowest layer of the analysis: it reads files and builds tables, nothing more (the exact
+baselines are :mod:`vi_sweep.analysis.references`, the outcomes :mod:`vi_sweep.analysis.outcomes`,
+and :mod:`vi_sweep.analysis.load` puts the three together).
+
 A sweep directory holds ``<sweep_dir>/<job>/metrics.parquet`` (written by any launcher through
-:func:`vi_sweep.results.write_metrics`) plus Hydra's bookkeeping. This module turns it into two
+:func:`vi_sweep.store.metrics.write_metrics`) plus Hydra's bookkeeping. This module turns it into two
 pandas tables:
 
 - the **runs** table, one row per job: ``run`` (0-based id), ``job`` (its directory name), the
@@ -9,7 +13,7 @@ pandas tables:
   optimizer_*, target, target_*, lr, num_mc, seed, d, steps, init_log_sigma, log_every``) and
   ``scenario``, the recorded ``status``/``diverged_at``, and ``n_logged`` (rows in its file);
 - the **trajectories** table, the long form: one row per logged step per run, keyed by ``run``,
-  with the metric columns of :data:`vi_sweep.results.METRIC_COLUMNS`.
+  with the metric columns of :data:`vi_sweep.store.metrics.METRIC_COLUMNS`.
 
 Only the metric columns are decoded (the config comes from the file's metadata), and files are
 read by a small thread pool: pyarrow releases the GIL while decoding, so 10,000 files take a few
@@ -31,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vi_sweep.results import METRIC_COLUMNS, METRICS_FILE
+from vi_sweep.store.metrics import METRIC_COLUMNS, METRICS_FILE
 
 # The order config columns appear in; optimizer_* / target_* hyperparameters follow their group.
 CONFIG_ORDER = ("objective", "estimator", "optimizer", "target", "lr", "num_mc", "seed", "d", "steps", "init_log_sigma", "log_every", "scenario")
@@ -48,13 +52,13 @@ class SkippedFileWarning(UserWarning):
 
 
 class UnreadableMetrics(Exception):
-    """Raised by :func:`read_job` with a one-line reason."""
+    """Raised by :func:`read_run` with a one-line reason."""
 
 
-class Job(NamedTuple):
-    """One job's file, decoded."""
+class RunRecord(NamedTuple):
+    """One run's ``metrics.parquet``, decoded."""
 
-    fields: dict[str, Any]  # the run's flat config (vi_sweep.config.run_fields)
+    fields: dict[str, Any]  # the run's flat config (the file's vi_sweep.fields metadata)
     scenario: str
     status: str  # "ok" | "diverged"
     diverged_at: int  # 1-based step of the first non-finite value, 0 = never
@@ -77,7 +81,7 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-def read_job(path: str | os.PathLike) -> Job:
+def read_run(path: str | os.PathLike) -> RunRecord:
     """Decode one ``metrics.parquet``; raise :class:`UnreadableMetrics` with a one-line reason."""
     try:
         parquet = pq.ParquetFile(path)
@@ -100,7 +104,7 @@ def read_job(path: str | os.PathLike) -> Job:
     if table.num_rows == 0:
         raise UnreadableMetrics("no rows")
     first = {name: table.column(name)[0].as_py() for name in SCALAR_COLUMNS}
-    return Job(
+    return RunRecord(
         fields=fields,
         scenario=str(first["scenario"]),
         status=str(first["status"]),
@@ -110,7 +114,7 @@ def read_job(path: str | os.PathLike) -> Job:
 
 
 def _job_sort_key(name: str) -> tuple[int, int, str]:
-    """Job directories in numeric order (0, 1, 2, ..., 10), then any non-numeric names."""
+    """RunRecord directories in numeric order (0, 1, 2, ..., 10), then any non-numeric names."""
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
@@ -137,7 +141,7 @@ def config_columns(frame: pd.DataFrame) -> list[str]:
     return ordered
 
 
-def _runs_frame(names: list[str], jobs: list[Job]) -> pd.DataFrame:
+def _runs_frame(names: list[str], jobs: list[RunRecord]) -> pd.DataFrame:
     records = []
     for run, (name, job) in enumerate(zip(names, jobs)):
         record = {"run": run, "job": name, **job.fields, "scenario": job.scenario}
@@ -149,7 +153,7 @@ def _runs_frame(names: list[str], jobs: list[Job]) -> pd.DataFrame:
     return frame[ordered + rest]
 
 
-def trajectories_frame(jobs: list[Job]) -> pd.DataFrame:
+def trajectories_frame(jobs: list[RunRecord]) -> pd.DataFrame:
     """The long table of a list of jobs: ``run`` (position in the list), then the metric columns."""
     if not jobs:
         return pd.DataFrame({"run": pd.Series([], dtype=np.int64), **{c: [] for c in METRIC_COLUMNS}})
@@ -161,7 +165,7 @@ def trajectories_frame(jobs: list[Job]) -> pd.DataFrame:
 
 
 def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep:
-    """Read every job of a sweep directory (no classification; see :func:`load_sweep`).
+    """Read every job of a sweep directory (no classification; see :func:`vi_sweep.analysis.load.load_sweep`).
 
     Raises :class:`SweepError` if the directory is missing or holds no readable run; warns
     (:class:`SkippedFileWarning`, one line each) for files it skips.
@@ -173,9 +177,9 @@ def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep
         raise SweepError(f"{sweep_dir} is not a directory (expected a sweep directory)")
     files = job_files(sweep_dir)
 
-    def attempt(file: Path) -> Job | str:
+    def attempt(file: Path) -> RunRecord | str:
         try:
-            return read_job(file)
+            return read_run(file)
         except UnreadableMetrics as err:
             return str(err)
 
@@ -200,42 +204,3 @@ def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep
         raise SweepError(f"no readable {METRICS_FILE} under {sweep_dir}{detail}")
     fields = tuple(job.fields for job in jobs)
     return Sweep(sweep_dir, _runs_frame(names, jobs), trajectories_frame(jobs), fields, tuple(skipped), tuple(unfinished))
-
-
-def load_trajectories(path: str | os.PathLike, *, config: bool = True) -> pd.DataFrame:
-    """The long table of a sweep: one row per logged step per run.
-
-    With ``config=True`` (default) every row also carries its run's ``job`` and config columns,
-    so ``frame.query("lr == 0.05 and num_mc == 32")`` works directly.
-    """
-    sweep = read_sweep(path)
-    if not config:
-        return sweep.trajectories
-    keys = ["run", "job", *config_columns(sweep.runs)]
-    return sweep.runs[keys].merge(sweep.trajectories, on="run", how="right", validate="one_to_many")
-
-
-def load_sweep(path: str | os.PathLike, *, cache_baselines: bool = True, **thresholds: Any) -> pd.DataFrame:
-    """One row per job of a sweep, classified against its exact baseline.
-
-    Reads the sweep (:func:`read_sweep`), finds or computes each run's exact-KL baseline
-    (:func:`analysis.baseline.exact_baselines`, cached in ``<sweep_dir>/baselines/``) and adds the
-    tail statistics and ``outcome`` (:func:`analysis.outcomes.classify`).
-
-    Parameters
-    ----------
-    path
-        The sweep directory (Hydra's ``hydra.sweep.dir``).
-    cache_baselines
-        Write computed baselines to ``<sweep_dir>/baselines/`` (and reuse them next time).
-    **thresholds
-        Fields of :class:`analysis.outcomes.Thresholds` (``tail_fraction``, ``tol_per_dim``,
-        ``collapse_ratio``, ``trend_alpha``, ``min_tail_points``).
-    """
-    # Imported here: analysis.baseline reads cached baselines with this module's read_job.
-    from analysis.baseline import exact_baselines
-    from analysis.outcomes import Thresholds, classify
-
-    sweep = read_sweep(path)
-    baselines = exact_baselines(sweep, cache=cache_baselines)
-    return classify(sweep, baselines, Thresholds(**thresholds))

@@ -15,8 +15,8 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from analysis.load import config_columns
-from analysis.outcomes import OUTCOMES
+from vi_sweep.analysis.outcomes import OUTCOMES
+from vi_sweep.analysis.read import config_columns
 
 SEVERITY = ("diverged", "collapsed", "stalled", "slow", "converged")
 """Tie-break order of the majority outcome: worst first, so a 1-1-1 split never reads as success."""
@@ -101,7 +101,7 @@ def _cell_rng(seed: int, key: tuple) -> np.random.Generator:
 def phase_table(
     runs: pd.DataFrame, *, keys: list[str] | None = None, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> pd.DataFrame:
-    """One row per cell of a classified runs table (:func:`analysis.load.load_sweep`).
+    """One row per cell of a classified runs table (:func:`vi_sweep.analysis.read.load_sweep`).
 
     Parameters
     ----------

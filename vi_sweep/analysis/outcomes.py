@@ -57,8 +57,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from analysis.baseline import References
-from analysis.load import Sweep
+from vi_sweep.analysis.read import Sweep
+from vi_sweep.analysis.references import References
 
 OUTCOMES = ("converged", "slow", "stalled", "collapsed", "diverged")
 """Every outcome, from best to worst (also the order of ``frac_*`` columns and legends)."""
@@ -68,7 +68,7 @@ LOG_FLOOR = 1e-30  # KL excesses below this are "zero" for the log-trend (float3
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The classifier's thresholds (keyword arguments of :func:`analysis.load.load_sweep`).
+    """The classifier's thresholds (keyword arguments of :func:`vi_sweep.analysis.read.load_sweep`).
 
     Attributes
     ----------
@@ -175,7 +175,7 @@ def falling_critical_t(dof: int, alpha: float) -> float:
     :math:`A` is increasing and concave, and the start (the normal quantile) lies below the root
     (t has the heavier tails), so the iterates increase monotonically to it; they stop when
     round-off stops the steps shrinking. Agrees with ``scipy.stats.t.ppf`` to ~1e-12 relative
-    (1e-10 at dof 1e5) -- and importing scipy for it cost ~0.1 s of every report.
+    (1e-10 at dof 1e5), without importing scipy for one number.
     """
     if dof < 1:
         raise ValueError(f"dof={dof} must be >= 1")

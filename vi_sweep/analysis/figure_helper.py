@@ -32,7 +32,7 @@ READY = "ready"
 JOB_TIMEOUT_S = 120.0  # a figure takes ~0.3 s; a helper silent this long is killed and its job drawn here
 # SIGINT goes to the whole process group: the caller handles Ctrl-C (and kills the helper), so the
 # helper ignores it from its first line, before its imports.
-_HELPER_CODE = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); from analysis.figure_helper import main; main()"
+_HELPER_CODE = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); from vi_sweep.analysis.figure_helper import main; main()"
 
 
 def _import_path() -> str:
@@ -149,8 +149,8 @@ def draw_all(jobs: Sequence[Any], draw: Callable[[Any], Any], helper: Optional[F
 
 
 def serve(stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """The helper's loop: draw each job read from ``stdin`` with ``analysis.report.render_figure``."""
-    from analysis.report import render_figure
+    """The helper's loop: draw each job read from ``stdin`` with :func:`vi_sweep.analysis.render.render_figure`."""
+    from vi_sweep.analysis.render import render_figure
 
     pickle.dump(READY, stdout)
     stdout.flush()

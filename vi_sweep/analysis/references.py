@@ -8,24 +8,24 @@ baseline serves every estimator, sample size and seed of a cell (:data:`BASELINE
 Where a baseline comes from, in order:
 
 1. the sweep itself, if it contains an exact run with that key (``source = "sweep"``);
-2. the cache ``<sweep_dir>/baselines/<hash>/metrics.parquet`` (:mod:`vi_sweep.baselines`), if its
+2. the cache ``<sweep_dir>/baselines/<hash>/metrics.parquet`` (:mod:`vi_sweep.store.baselines`), if its
    recorded fields match: the batched launcher trains the twins a sweep lacks along with its
    jobs and writes them there, and so does this module for whatever it had to train;
-3. otherwise it is trained with the same trainer (``vi_sweep.trainer.jitted_batch_train``: all
+3. otherwise it is trained with the same trainer (``vi_sweep.core.trainer.jitted_batch_train``: all
    missing baselines with one compiled shape run as one vmapped program; deterministic, since
    the exact objective draws no random numbers) and written to the cache atomically
-   (:func:`vi_sweep.baselines.write_baseline`). Cases 2 and 3 have ``source = "computed"``: the
+   (:func:`vi_sweep.store.baselines.write_baseline`). Cases 2 and 3 have ``source = "computed"``: the
    report does not depend on whether the cache was warm, so a rerun writes identical files.
 
 The per-target constants used by the classifier are closed forms of
-:class:`vi_sweep.targets.GaussianTarget`: the KL at initialisation (``mu = 0``,
+:class:`vi_sweep.core.targets.GaussianTarget`: the KL at initialisation (``mu = 0``,
 ``log_sigma = init_log_sigma``), the mean-field floor ``kl_floor`` (0 for diagonal targets) and
 the target's smallest marginal standard deviation (the scale of "variance collapse"). They are
 evaluated by float64 numpy twins of the targets' methods (:func:`target_structure`,
 :func:`closed_form_constants`), so a report whose baselines are all found or cached never
 imports JAX.
 
-JAX is imported inside the functions that need it, so ``import analysis`` stays light.
+JAX is imported inside the functions that need it, so ``import vi_sweep.analysis`` stays light.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from analysis.load import Job, Sweep, UnreadableMetrics, read_job, trajectories_frame
-from vi_sweep.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IGNORES: part of this module's API
+from vi_sweep.analysis.read import RunRecord, Sweep, UnreadableMetrics, read_run, trajectories_frame
+from vi_sweep.store.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IGNORES: part of this module's API
     BASELINE_DIR,
     BASELINE_IGNORES,
     BASELINE_SCENARIO,
@@ -51,7 +51,7 @@ from vi_sweep.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IGNORES:
     cache_file,
     write_baseline,
 )
-from vi_sweep.results import METRIC_COLUMNS
+from vi_sweep.store.metrics import METRIC_COLUMNS
 
 BATCH = 512  # baselines per vmapped call: bounds memory on very large sweeps
 
@@ -74,11 +74,11 @@ class References(NamedTuple):
     trajectories: pd.DataFrame
 
 
-def _train(fields_list: list[dict[str, Any]]) -> list[Job]:
+def _train(fields_list: list[dict[str, Any]]) -> list[RunRecord]:
     """Train exact runs with the sweep's trainer, one vmapped call per compiled shape."""
-    from vi_sweep.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields
+    from vi_sweep.core.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields
 
-    jobs: list[Job | None] = [None] * len(fields_list)
+    jobs: list[RunRecord | None] = [None] * len(fields_list)
     groups: dict[Any, list[int]] = defaultdict(list)
     split = [split_fields(fields) for fields in fields_list]
     for i, (spec, _) in enumerate(split):
@@ -93,15 +93,15 @@ def _train(fields_list: list[dict[str, Any]]) -> list[Job]:
             for j, i in enumerate(chunk):
                 one = {"step": steps, **{name: value[j] for name, value in columns.items()}}
                 table = baseline_table(one, fields_list[i], int(diverged_at[j]))
-                jobs[i] = Job(fields_list[i], BASELINE_SCENARIO, "diverged" if diverged_at[j] else "ok", int(diverged_at[j]), table)
+                jobs[i] = RunRecord(fields_list[i], BASELINE_SCENARIO, "diverged" if diverged_at[j] else "ok", int(diverged_at[j]), table)
     return jobs  # type: ignore[return-value]
 
 
-def _read_cache(path: Path, fields: Mapping[str, Any]) -> Job | None:
+def _read_cache(path: Path, fields: Mapping[str, Any]) -> RunRecord | None:
     if not path.exists():
         return None
     try:
-        job = read_job(path)
+        job = read_run(path)
     except UnreadableMetrics:
         return None  # a damaged cache entry is recomputed and overwritten
     if json.dumps(job.fields, sort_keys=True) != json.dumps(dict(fields), sort_keys=True):
@@ -109,7 +109,7 @@ def _read_cache(path: Path, fields: Mapping[str, Any]) -> Job | None:
     return job
 
 
-def _metrics_only(job: Job) -> Job:
+def _metrics_only(job: RunRecord) -> RunRecord:
     return job._replace(metrics=job.metrics.select(list(METRIC_COLUMNS)))
 
 
@@ -125,7 +125,7 @@ def exact_baselines(sweep: Sweep, *, cache: bool = True) -> References:
         if fields.get("objective") == "exact" and key not in in_sweep:
             in_sweep[key] = run
 
-    jobs: dict[str, Job] = {}
+    jobs: dict[str, RunRecord] = {}
     sources: dict[str, str] = {}
     rows_of_run = sweep.trajectories.groupby("run").indices if in_sweep else {}
     for key, run in in_sweep.items():
@@ -167,12 +167,12 @@ def exact_baselines(sweep: Sweep, *, cache: bool = True) -> References:
     return References(per_run, baselines, trajectories_frame(ordered))
 
 
-def _job_from_frame(fields: dict[str, Any], run_row: pd.Series, rows: pd.DataFrame) -> Job:
+def _job_from_frame(fields: dict[str, Any], run_row: pd.Series, rows: pd.DataFrame) -> RunRecord:
     table = pa.Table.from_pandas(rows[list(METRIC_COLUMNS)], preserve_index=False)
-    return Job(fields, str(run_row["scenario"]), str(run_row["status"]), int(run_row["diverged_at"]), table)
+    return RunRecord(fields, str(run_row["scenario"]), str(run_row["status"]), int(run_row["diverged_at"]), table)
 
 
-def _try_cache(path: Path, job: Job) -> None:
+def _try_cache(path: Path, job: RunRecord) -> None:
     try:
         write_baseline(path, job.metrics, job.fields)
     except OSError as err:
@@ -186,7 +186,7 @@ def target_constants(fields_list: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     ``init_log_sigma`` -- the KL *before* the first step (the first logged row is after it, and at
     a large lr one step can already move :math:`\log\sigma` by lr). Computed once per distinct
     (target, d, target hyperparameters, init_log_sigma), in float64 numpy
-    (:func:`closed_form_constants`): they equal ``vi_sweep.targets``' float32 methods to float32
+    (:func:`closed_form_constants`): they equal ``vi_sweep.core.targets``' float32 methods to float32
     round-off, and no XLA program is compiled for three numbers.
     """
     cache: dict[str, tuple[float, float, float]] = {}
@@ -202,10 +202,10 @@ def target_constants(fields_list: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def target_structure(name: str, d: int, params: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, float]:
-    r"""``(mean, diag, shared)`` of ``vi_sweep.targets.make_target(name, d, **params)`` in float64 numpy.
+    r"""``(mean, diag, shared)`` of ``vi_sweep.core.targets.make_target(name, d, **params)`` in float64 numpy.
 
     :math:`p = \mathcal N(m, \operatorname{diag}(a) + b\,\mathbf 1\mathbf 1^\top)` for each builder of
-    :data:`vi_sweep.targets.TARGETS` (a test checks this mirror against every one of them).
+    :data:`vi_sweep.core.targets.TARGETS` (a test checks this mirror against every one of them).
     Hyperparameters are rounded to float32 first, as the trainer's targets hold them (rho = 0.9
     is 0.89999998); a missing one takes its builder's default.
     """
@@ -227,7 +227,7 @@ def _target_param(name: str, params: Mapping[str, float], key: str) -> float:
         return float(np.float32(params[key]))
     import inspect
 
-    from vi_sweep.targets import TARGETS  # only for hand-written fields without the hyperparameter
+    from vi_sweep.core.targets import TARGETS  # only for hand-written fields without the hyperparameter
 
     return float(np.float32(inspect.signature(TARGETS[name]).parameters[key].default))
 
@@ -236,7 +236,7 @@ def closed_form_constants(mean: np.ndarray, diag: np.ndarray, shared: float, ini
     r"""``(init_kl, kl_floor, smallest_target_std)`` of :math:`\mathcal N(m, \operatorname{diag}(a) + b\mathbf 1\mathbf 1^\top)`.
 
     The float64 twins of ``GaussianTarget.kl`` at :math:`\mu = 0`, :math:`\log\sigma_i = s`,
-    ``kl_floor`` and ``min_std`` (the same formulas; see :mod:`vi_sweep.targets`). With
+    ``kl_floor`` and ``min_std`` (the same formulas; see :mod:`vi_sweep.core.targets`). With
     :math:`c = b / (1 + b\sum_i 1/a_i)` (Sherman-Morrison) and
     :math:`\log P_{ii} = -\log a_i + \operatorname{log1p}(-c/a_i)`:
 

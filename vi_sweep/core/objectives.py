@@ -5,7 +5,7 @@ with :math:`\sigma = e^{s}` (``log_sigma``). An objective is a pair (:class:`Obj
 ``draw(key, d) -> noise``, the step's randomness, and ``loss(params, noise, target) -> scalar``,
 what the step differentiates. It is chosen *before* tracing, so no string is ever branched on
 inside jitted code. Drawing and differentiating are separate so that the trainer can draw the
-next step's noise while this step's gradient is computed (see :mod:`vi_sweep.trainer`).
+next step's noise while this step's gradient is computed (see :mod:`vi_sweep.core.trainer`).
 
 - ``exact``: the closed-form :math:`\mathrm{KL}(q\,\|\,p)` (:meth:`GaussianTarget.kl`).
 - ``mc``: a Monte-Carlo negative ELBO :math:`-\frac1M\sum_{m}[\log p(z_m) - \log q(z_m)]` with
@@ -40,7 +40,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vi_sweep.targets import LOG_2PI, GaussianTarget
+from vi_sweep.core.targets import LOG_2PI, GaussianTarget
 
 
 class Params(NamedTuple):
@@ -142,7 +142,7 @@ def make_mc_objective(estimator: str, num_mc: int) -> Objective:
 OBJECTIVES = ("exact", "mc")
 
 
-def make_objective(name: str, *, estimator: str, num_mc: int) -> Objective:
+def make_objective(name: str, *, estimator: str = "reparam", num_mc: int = 8) -> Objective:
     """The objective ``objective.name``; ``estimator`` and ``num_mc`` only matter for ``mc``."""
     if name == "exact":
         return Objective(no_noise, exact_kl)

@@ -2,9 +2,14 @@
 
 Pure pandas/pyarrow/matplotlib (JAX only to compute missing exact baselines); never Hydra::
 
-    from analysis import load_sweep, phase_table
+    from vi_sweep.analysis import load_sweep, phase_table
     runs = load_sweep("outputs/multiruns/2026-01-01/12-00-00")   # one row per run, with `outcome`
     cells = phase_table(runs)                                      # one row per cell (config but seed)
+
+Layers, each importing only those before it: ``read`` (files -> tables) -> ``references`` (exact
+baselines, target constants) -> ``outcomes`` (classification) -> ``load`` (the three together),
+``phase`` (cells); ``theory`` and ``figures`` -> ``render`` (one figure job) -> ``figure_helper``
+(a second drawing process) -> ``report``.
 """
 
 import importlib
@@ -12,24 +17,24 @@ import importlib.util
 from typing import Any
 
 # Imported on first use (PEP 562), so that importing one light module of the package, such as
-# analysis.figure_helper at a sweep's start, does not import pandas and matplotlib (~0.4 s).
+# vi_sweep.analysis.figure_helper at a sweep's start, does not import pandas and matplotlib (~0.4 s).
 _EXPORTS = {
-    "OUTCOMES": "analysis.outcomes",
-    "SkippedFileWarning": "analysis.load",
-    "SweepError": "analysis.load",
-    "Thresholds": "analysis.outcomes",
-    "classify": "analysis.outcomes",
-    "exact_baselines": "analysis.baseline",
-    "load_sweep": "analysis.load",
-    "load_trajectories": "analysis.load",
-    "phase_table": "analysis.phase",
-    "read_sweep": "analysis.load",
-    "write_report": "analysis.report",
+    "OUTCOMES": "vi_sweep.analysis.outcomes",
+    "SkippedFileWarning": "vi_sweep.analysis.read",
+    "SweepError": "vi_sweep.analysis.read",
+    "Thresholds": "vi_sweep.analysis.outcomes",
+    "classify": "vi_sweep.analysis.outcomes",
+    "exact_baselines": "vi_sweep.analysis.references",
+    "load_sweep": "vi_sweep.analysis.load",
+    "load_trajectories": "vi_sweep.analysis.load",
+    "phase_table": "vi_sweep.analysis.phase",
+    "read_sweep": "vi_sweep.analysis.read",
+    "write_report": "vi_sweep.analysis.report",
 }
 
 
 def __getattr__(name: str) -> Any:
-    """An export (``analysis.load_sweep``) or a submodule (``analysis.figures``), imported now."""
+    """An export (``vi_sweep.analysis.load_sweep``) or a submodule (``vi_sweep.analysis.figures``), imported now."""
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     elif importlib.util.find_spec(f"{__name__}.{name}") is not None:

@@ -29,7 +29,7 @@ from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from analysis.outcomes import OUTCOMES
+from vi_sweep.analysis.outcomes import OUTCOMES
 
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper (NeurIPS/ICML ~3.25, IEEE ~3.5)
 PNG_DPI = 300
@@ -206,7 +206,7 @@ def phase_map(cells: pd.DataFrame, *, facet: Mapping[str, Any] | None = None, ov
     Parameters
     ----------
     cells
-        Rows of :func:`analysis.phase.phase_table` for one facet (one row per lr x num_mc).
+        Rows of :func:`vi_sweep.analysis.phase.phase_table` for one facet (one row per lr x num_mc).
     facet
         Fixed config values of this panel, shown in the title.
     overlays
@@ -301,7 +301,7 @@ def kl_curves(
     Parameters
     ----------
     runs
-        Classified runs (:func:`analysis.load.load_sweep`): config, ``outcome``, ``baseline``,
+        Classified runs (:func:`vi_sweep.analysis.read.load_sweep`): config, ``outcome``, ``baseline``,
         ``reference_kl``.
     trajectories
         The sweep's long table (``run``, ``step``, ``kl``).

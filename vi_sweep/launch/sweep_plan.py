@@ -3,7 +3,7 @@ how the runs of one program are cut into calls that fit a memory budget.
 
 Three levels, from jobs to calls:
 
-1. **Computations.** Jobs with the same :class:`~vi_sweep.trainer.TrainSpec` and the same traced
+1. **Computations.** Jobs with the same :class:`~vi_sweep.core.trainer.TrainSpec` and the same traced
    values compute the same rows. For the exact objective the seed is irrelevant too (the
    closed-form KL never reads the key, and ``split_fields`` already drops ``num_mc`` and
    ``estimator``), so ``objective=exact`` jobs that differ only in seed, ``num_mc`` or
@@ -27,13 +27,13 @@ from typing import Any, Hashable, Mapping, NamedTuple, Optional, Sequence
 # optimizer's moments and the where-selected copies of the divergence guard (16 per coordinate).
 FLOATS_PER_DRAW = 6
 FLOATS_PER_COORDINATE = 16
-ROW_COLUMNS = 10  # fields of vi_sweep.trainer.Rows
+ROW_COLUMNS = 10  # fields of vi_sweep.core.trainer.Rows
 
 
 class Computation(NamedTuple):
     """One distinct training run and the jobs that receive its rows."""
 
-    spec: Any  # vi_sweep.trainer.TrainSpec
+    spec: Any  # vi_sweep.core.trainer.TrainSpec
     traced: Mapping[str, Any]
     jobs: tuple[int, ...]  # positions in the job list given to plan_sweep
 

@@ -1,5 +1,9 @@
 """Optimizers: a registry of optax constructors; the learning rate always comes from ``lr``.
 
+Every default lives in its builder's signature (as in optax); the Hydra schemas of
+``conf/optimizer/*.yaml`` are read from these signatures (:mod:`vi_sweep.launch.config`), so a new
+optimizer is one function here and one yaml file.
+
 Each builder takes the learning rate and the optimizer's own hyperparameters *as values that
 may be traced* (``jax.Array`` scalars), so a grid over ``lr`` -- or ``b1``, ``momentum`` ... --
 is one compiled program under ``vmap``. Only booleans (``nesterov``) and whether gradient
@@ -19,37 +23,42 @@ name          update (g = gradient, eta = lr)                                 op
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
+import jax
 import optax
 
-# Defaults are the config schemas' (one place only).
-from vi_sweep.config import AdagradConf, AdamConf, AdamWConf, MomentumConf, RMSPropConf
-
 Builder = Callable[..., optax.GradientTransformation]
+Scalar = Union[float, jax.Array]  # a Python number, or a traced scalar under jit/vmap
 
 
-def adam(lr, b1=AdamConf.b1, b2=AdamConf.b2, eps=AdamConf.eps) -> optax.GradientTransformation:
+def adam(lr: Scalar, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """Adam (Kingma & Ba, 2015), optax's defaults."""
     return optax.adam(lr, b1=b1, b2=b2, eps=eps)
 
 
-def sgd(lr) -> optax.GradientTransformation:
+def sgd(lr: Scalar) -> optax.GradientTransformation:
+    """Plain gradient descent."""
     return optax.sgd(lr)
 
 
-def momentum(lr, momentum=MomentumConf.momentum, nesterov=MomentumConf.nesterov) -> optax.GradientTransformation:
+def momentum(lr: Scalar, momentum: float = 0.9, nesterov: bool = False) -> optax.GradientTransformation:
+    """Heavy-ball (or Nesterov) momentum."""
     return optax.sgd(lr, momentum=momentum, nesterov=nesterov)
 
 
-def rmsprop(lr, decay=RMSPropConf.decay, eps=RMSPropConf.eps) -> optax.GradientTransformation:
+def rmsprop(lr: Scalar, decay: float = 0.9, eps: float = 1e-8) -> optax.GradientTransformation:
+    """RMSProp (Tieleman & Hinton, 2012), optax's defaults."""
     return optax.rmsprop(lr, decay=decay, eps=eps)
 
 
-def adagrad(lr, initial_accumulator_value=AdagradConf.initial_accumulator_value, eps=AdagradConf.eps) -> optax.GradientTransformation:
+def adagrad(lr: Scalar, initial_accumulator_value: float = 0.1, eps: float = 1e-7) -> optax.GradientTransformation:
+    """Adagrad (Duchi et al., 2011), optax's defaults."""
     return optax.adagrad(lr, initial_accumulator_value=initial_accumulator_value, eps=eps)
 
 
-def adamw(lr, b1=AdamWConf.b1, b2=AdamWConf.b2, eps=AdamWConf.eps, weight_decay=AdamWConf.weight_decay) -> optax.GradientTransformation:
+def adamw(lr: Scalar, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4) -> optax.GradientTransformation:
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019), optax's defaults."""
     return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 

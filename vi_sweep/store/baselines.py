@@ -11,11 +11,11 @@ naming and format:
 
 - the batched launcher trains the twins a sweep lacks together with its jobs
   (``hydra.launcher.exact_baselines``; :func:`missing_twins`), so the report finds them ready;
-- the report (:mod:`analysis.baseline`) trains whatever is still missing (a sweep run by another
+- the report (:mod:`vi_sweep.analysis.references`) trains whatever is still missing (a sweep run by another
   launcher, a cache deleted since) and reads the rest.
 
 Either way a file holds the same rows: the same trainer, and the exact objective draws no random
-numbers. No JAX and no pandas here: the launcher imports this module.
+numbers. No JAX, no pandas and no Hydra here: the launcher and the analysis both import this module.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
-from vi_sweep.results import METRICS_FILE, metrics_table, read_fields, write_metrics
+from vi_sweep.store.metrics import METRICS_FILE, metrics_table, read_fields, write_metrics
 
 BASELINE_DIR = "baselines"
 BASELINE_IGNORES = ("objective", "estimator", "num_mc", "seed")
@@ -39,7 +39,7 @@ def baseline_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """The flat fields of a run's exact twin: its own fields with the ignored ones neutralised.
 
     ``estimator="none"``, ``num_mc=0``, ``seed=0`` say honestly that the exact objective has no
-    estimator, draws nothing and uses no randomness (``vi_sweep.trainer.split_fields`` accepts
+    estimator, draws nothing and uses no randomness (``vi_sweep.core.trainer.split_fields`` accepts
     them: it normalises these fields away for ``objective=exact``).
     """
     twin = {key: value for key, value in fields.items() if key not in BASELINE_IGNORES}

@@ -2,7 +2,7 @@
 
 The report directory holds
 
-- ``phase_table.csv`` (one row per cell, :func:`analysis.phase.phase_table`) and ``runs.csv``
+- ``phase_table.csv`` (one row per cell, :func:`vi_sweep.analysis.phase.phase_table`) and ``runs.csv``
   (one row per run with its statistics and outcome);
 - ``summary.md``: counts, thresholds, the cells of each outcome, the figures;
 - figures as PNG (300 dpi) and PDF, one per facet (the swept keys other than lr and num_mc):
@@ -28,27 +28,15 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.baseline import BaselineCacheWarning, exact_baselines
-from analysis.figure_helper import FigureHelper, draw_all, start_helper
-from analysis.figures import (
-    Overlay,
-    Panel,
-    excess_heatmap,
-    facet_title,
-    format_value,
-    kl_curves,
-    phase_map,
-    save_figure,
-    select_rows,
-    sigma_statistics,
-    split_facets,
-)
-from analysis.load import SkippedFileWarning, Sweep, SweepError, read_sweep
-from analysis.outcomes import OUTCOMES, Thresholds, classify
-from analysis.phase import cell_keys, example_cells, phase_table
-from analysis.theory import sgd_overlay_lines
+from vi_sweep.analysis.figure_helper import FigureHelper, draw_all, start_helper
+from vi_sweep.analysis.figures import facet_title, format_value, select_rows, split_facets
+from vi_sweep.analysis.outcomes import OUTCOMES, Thresholds, classify
+from vi_sweep.analysis.phase import cell_keys, example_cells, phase_table
+from vi_sweep.analysis.read import SkippedFileWarning, Sweep, SweepError, read_sweep
+from vi_sweep.analysis.references import BaselineCacheWarning, exact_baselines
+from vi_sweep.analysis.render import FigureJob, render_figure
 from vi_sweep.host import available_cores
-from vi_sweep.results import current_umask
+from vi_sweep.store.metrics import current_umask
 
 REPORT_DIR = "report"
 SUMMARY_CELL_ROWS = 200  # summary.md lists at most this many cells; phase_table.csv has all
@@ -184,13 +172,13 @@ def write_report(
         A sweep directory (``<sweep_dir>/<job>/metrics.parquet``).
     cells
         Cells for the KL-curve figure (mappings of config values); default
-        :func:`analysis.phase.example_cells`, the clearest cell of each outcome.
+        :func:`vi_sweep.analysis.phase.example_cells`, the clearest cell of each outcome.
     cache_baselines
         Cache computed exact baselines in ``sweep_dir/baselines/``.
     thresholds
-        Classifier thresholds (default :class:`analysis.outcomes.Thresholds`).
+        Classifier thresholds (default :class:`vi_sweep.analysis.outcomes.Thresholds`).
     parallel
-        Draw the figures on two cores where there are two (:mod:`analysis.figure_helper`); the
+        Draw the figures on two cores where there are two (:mod:`vi_sweep.analysis.figure_helper`); the
         files are the same either way.
     helper
         A figure helper started earlier (it imports matplotlib while the caller does something
@@ -263,81 +251,6 @@ def _write_report(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
-
-
-# --------------------------------------------------------------------------------------------
-# Figures (drawn on two cores by analysis.figure_helper)
-# --------------------------------------------------------------------------------------------
-
-
-class FigureJob(NamedTuple):
-    """One figure of the report: what to draw, where (``stem`` + ``.png``/``.pdf``), from what."""
-
-    kind: str  # phase_map | kl_excess | sigma: args = (cell table, runs, facet); kl_curves: kl_curves' args
-    stem: str
-    args: tuple
-
-
-def render_figure(job: FigureJob) -> str:
-    """Draw and save one figure; return its name. Runs in this process or in the figure helper."""
-    if job.kind == "kl_curves":
-        fig = kl_curves(*job.args)
-    else:
-        cells_table, runs, facet = job.args
-        overlays = theory_overlays(runs).get(job.kind, ())
-        if job.kind == "phase_map":
-            fig = phase_map(cells_table, facet=facet, overlays=overlays)
-        elif job.kind == "kl_excess":
-            fig = excess_heatmap(cells_table, facet=facet, overlays=overlays)
-        else:
-            fig = sigma_statistics(runs, facet=facet)
-    save_figure(fig, job.stem)
-    return Path(job.stem).name
-
-
-# The first-order theory of analysis/theory.py holds for exactly this configuration.
-THEORY_CONFIG = {"optimizer": "sgd", "objective": "mc", "estimator": "reparam", "target": "standard_normal"}
-
-
-def theory_overlays(runs: pd.DataFrame) -> dict[str, list[Overlay]]:
-    """Theory curves for the phase map and the KL-excess heatmap of one facet, if they apply.
-
-    They apply when every run of the facet is plain SGD (no gradient clipping) with the reparam
-    estimator on the standard-normal target (:data:`THEORY_CONFIG`) with one dimension ``d``: the phase map gets
-    the step-size limits (lr = 1 in log sigma, lr = 2 in mu, the mean-square limit
-    lr = M/(M+2)), the heatmap the iso-lines of the predicted stationary KL per dimension
-    (:func:`analysis.theory.sgd_overlay_lines`). Otherwise there are none.
-    """
-    for key, value in THEORY_CONFIG.items():
-        if key not in runs.columns or set(runs[key].unique()) != {value}:
-            return {}
-    if "optimizer_grad_clip" in runs.columns and runs["optimizer_grad_clip"].notna().any():
-        return {}  # clipping changes the step-size limits
-    if runs["d"].nunique() != 1:
-        return {}
-    d = int(runs["d"].iloc[0])
-    num_mc = np.geomspace(runs["num_mc"].min() / 2.0, runs["num_mc"].max() * 2.0, 200)
-
-    def overlay(kind: str) -> Overlay:
-        def draw(panel: Panel) -> None:
-            for line, dashes in zip(sgd_overlay_lines(kind, num_mc, d=d), THEORY_DASHES):
-                panel.ax.plot(
-                    panel.x_of(line.lr), panel.y_of(line.num_mc), label=line.label, linestyle=dashes, **THEORY_STYLES[line.style]
-                )
-            # Below the axes: inside, the legend would hide cells.
-            # The white iso-KL lines need a grey legend box to be seen.
-            panel.ax.legend(
-                loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize="x-small",
-                frameon=kind == "kl", facecolor="0.55", edgecolor="none",
-            )
-
-        return draw
-
-    return {"phase_map": [overlay("phase")], "kl_excess": [overlay("kl")]}
-
-
-THEORY_STYLES = {"limit": dict(color="black", linewidth=1.2), "level": dict(color="white", linewidth=1.2)}
-THEORY_DASHES = ("--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))  # one per curve, so they read in greyscale
 
 
 def _percent(value: float) -> str:

@@ -15,15 +15,10 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from vi_sweep.config import ConfigError, run_fields, validate
+from vi_sweep.launch.config import ConfigError, run_fields, validate
+from vi_sweep.launch.devices import quiet_jax_logs
 
 log = logging.getLogger("vi_sweep")
-
-
-def quiet_jax_logs() -> None:
-    """Hydra's job logging shows INFO; JAX's backend probing (TPU/GPU not found) is noise there."""
-    for name in ("jax._src.xla_bridge", "jax._src.compiler", "jax._src.dispatch"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def job_fields(cfg: DictConfig) -> dict[str, Any]:
@@ -64,7 +59,7 @@ def finish_job(
     echo: bool = True,
 ) -> dict[str, Any]:
     """Write the job's parquet atomically, optionally print its rows; return a small summary."""
-    from vi_sweep.results import metrics_table, write_metrics
+    from vi_sweep.store.metrics import metrics_table, write_metrics
 
     table = metrics_table(rows, fields, diverged_at, scenario)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -90,7 +85,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     quiet_jax_logs()
-    from vi_sweep.trainer import split_fields, train_one
+    from vi_sweep.core.trainer import split_fields, train_one
 
     try:
         fields = job_fields(cfg)

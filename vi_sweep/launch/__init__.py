@@ -1,0 +1,13 @@
+"""Hydra's side: config schemas and validation, the task, callbacks, and the batched launcher.
+
+``config -> trainer -> parquet``: this package turns composed configs into runs of
+:mod:`vi_sweep.core` and writes them through :mod:`vi_sweep.store`. Rooms:
+
+- ``config`` (schemas from the core's builder signatures, rules), ``precheck`` (command-line
+  overrides), ``task`` (one run: the Hydra task function), ``callbacks``;
+- the batched launcher: ``options`` (its one options dataclass, registered by
+  ``hydra_plugins/vi_sweep_launcher``), ``batched`` (one sweep as one program per shape),
+  ``compose`` (fast composition), ``resume``, ``sweep_plan``, ``devices`` (JAX devices, start and
+  collect a batch, compile counts), ``job_dirs`` (Hydra's job directories), ``cluster``
+  (the submitit engine).
+"""

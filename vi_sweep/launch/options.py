@@ -1,0 +1,131 @@
+"""The batched launcher's options: one dataclass, registered by the Hydra plugin and used by the launcher.
+
+:class:`BatchedLauncherConf` is stored in Hydra's ConfigStore as ``hydra/launcher=batched`` by
+``hydra_plugins/vi_sweep_launcher`` (which Hydra imports at every start-up, so this module is
+light: dataclasses only, no JAX). Hydra instantiates the launcher with these keys; the
+launcher rebuilds the same dataclass from them (:meth:`BatchedLauncherConf.from_hydra`) and
+checks it (:meth:`BatchedLauncherConf.check`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Mapping, Optional
+
+ENGINES = ("local", "submitit")
+SUBMITIT_CLUSTERS = ("local", "slurm", "debug", "auto")
+CPU_VECTOR_WIDTHS = (128, 256, 512)
+LAUNCHER_TARGET = "hydra_plugins.vi_sweep_launcher.vi_sweep_launcher.BatchedLauncher"
+TASK_FUNCTION = "vi_sweep.launch.task.task"  # the only task the batched launcher runs (module.qualname)
+
+
+class LauncherOptionError(ValueError):
+    """A ``hydra.launcher.*`` value the launcher cannot use; its message is one line naming the key."""
+
+
+@dataclass
+class BatchedLauncherConf:
+    """Every key of ``hydra.launcher`` when ``hydra/launcher=batched``.
+
+    max_batch_floats
+        Memory budget of one compiled call, in float32 values (default 2**27 = 512 MiB):
+        a group whose runs need more (``vi_sweep.launch.sweep_plan.floats_per_run``, about
+        ``6 num_mc d + 16 d`` each) is split into equal chunks. Up to three chunks of jobs (and
+        one of exact baselines) can be in flight.
+    max_runs_per_call
+        Optional cap on the runs of one call (null: the budget alone decides).
+    cpu_devices
+        Number of devices JAX exposes on the CPU platform (``jax_num_cpu_devices``); null: one
+        per core this process may use. With ``shard`` each device runs its share of a call's
+        runs on its own thread. Only takes effect if JAX is not initialised yet.
+    cpu_vector_width
+        Vector width in bits that XLA's CPU compiler should use (``--xla_cpu_prefer_vector_width``
+        in ``XLA_FLAGS``, set before JAX starts; a width already in ``XLA_FLAGS`` wins). 512
+        trains the benchmark grid faster on AVX-512 CPUs with the same numbers there (the README's
+        benchmark); at other sizes reductions may round differently (float32 round-off). CPUs
+        without AVX-512 stay at 256, GPUs ignore it. null: XLA's default (256).
+    shard
+        Split each call's batch of runs over all local devices (``jax.sharding``; CPU devices
+        from ``cpu_devices``, or the GPUs).
+    compilation_cache_dir
+        JAX's persistent compilation cache, so a repeated sweep does not recompile; a relative
+        path is relative to the directory the sweep was started from. null disables it.
+    progress
+        Show a progress bar on stderr (only when stderr is a terminal).
+    resume
+        Skip jobs whose ``metrics.parquet`` is complete and records the job's own config.
+    exact_baselines
+        Also train, with the jobs, the exact-KL twin of every job that the sweep lacks
+        (``vi_sweep.store.baselines``: one per distinct optimizer/lr/init/target config) into
+        ``<sweep dir>/baselines/``, where the report looks for them; otherwise the report
+        trains them itself at the end (a compile or a cache load and a JAX start).
+    engine
+        ``local``: run every chunk in this process. ``submitit``: hand each chunk to submitit as
+        one job (one SLURM array task per chunk, see :mod:`vi_sweep.launch.cluster`); this
+        process waits and writes the job dirs, which are the same as with ``local``.
+        ``max_batch_floats`` and ``max_runs_per_call`` then size a task.
+    submitit_cluster
+        ``local`` (one process per job on this machine: the tested stand-in), ``slurm``,
+        ``debug`` (in this process, for debugging) or ``auto`` (submitit picks SLURM if present).
+    submitit_folder
+        submitit's pickles and logs, ``%j`` the job id (default under the sweep dir).
+    timeout_min, cpus_per_task, gpus_per_node, mem_gb
+        Per-task resources (submitit's shared keys; null: the cluster's default).
+    partition, array_parallelism, slurm_additional_parameters, slurm_setup
+        SLURM only: ``--partition``, the job array's ``%`` limit, extra ``#SBATCH`` keys
+        (``{qos: high, account: me}``) and shell lines run before each task (``module load ...``).
+    """
+
+    _target_: str = LAUNCHER_TARGET
+    max_batch_floats: int = 2**27
+    max_runs_per_call: Optional[int] = None
+    cpu_devices: Optional[int] = None
+    cpu_vector_width: Optional[int] = 512
+    shard: bool = True
+    compilation_cache_dir: Optional[str] = "outputs/.jax_cache"
+    progress: bool = True
+    resume: bool = True
+    exact_baselines: bool = True
+    engine: str = "local"
+    submitit_cluster: str = "local"
+    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
+    timeout_min: int = 60
+    cpus_per_task: Optional[int] = None
+    gpus_per_node: Optional[int] = None
+    mem_gb: Optional[float] = None
+    partition: Optional[str] = None
+    array_parallelism: int = 256
+    slurm_additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    slurm_setup: List[str] = field(default_factory=list)
+
+    @classmethod
+    def from_hydra(cls, values: Mapping[str, Any]) -> "BatchedLauncherConf":
+        """The options from the keyword arguments Hydra instantiates the launcher with
+        (resolved; nested OmegaConf containers made plain)."""
+        from vi_sweep.launch.plain import to_plain
+
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: to_plain(value) for key, value in values.items() if key in known})
+
+    def check(self) -> None:
+        """Raise :class:`LauncherOptionError` naming the first bad ``hydra.launcher.*`` value."""
+        choices = {"engine": (self.engine, ENGINES), "submitit_cluster": (self.submitit_cluster, SUBMITIT_CLUSTERS)}
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise LauncherOptionError(f"hydra.launcher.{name}={value!r} is invalid: must be one of {', '.join(allowed)}")
+        for name in ("timeout_min", "array_parallelism"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LauncherOptionError(f"hydra.launcher.{name}={value!r} is invalid: must be an integer >= 1")
+        if self.cpu_vector_width is not None and self.cpu_vector_width not in CPU_VECTOR_WIDTHS:
+            allowed = ", ".join(map(str, CPU_VECTOR_WIDTHS))
+            raise LauncherOptionError(f"hydra.launcher.cpu_vector_width={self.cpu_vector_width!r} is invalid: must be null or one of {allowed}")
+        positive = {"max_batch_floats": self.max_batch_floats, "max_runs_per_call": self.max_runs_per_call, "cpu_devices": self.cpu_devices}
+        for name, value in positive.items():
+            optional = name != "max_batch_floats"
+            if (value is None and optional) or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                continue
+            allowed = ("null or " if optional else "") + "an integer >= 1"
+            raise LauncherOptionError(f"hydra.launcher.{name}={value!r} is invalid: must be {allowed}")
+
+
