@@ -26,7 +26,7 @@ def test_run_writes_one_parquet_with_metrics_config_and_metadata(cli, tmp_path):
     import pyarrow.parquet as pq
 
     metadata = pq.read_schema(tmp_path / "metrics.parquet").metadata
-    config = json.loads(metadata[b"vi_sweep.launch.config"])
+    config = json.loads(metadata[b"vi_sweep.config"])
     assert config["steps"] == 50 and config["optimizer"]["name"] == "adam"
     assert metadata[b"vi_sweep.version"] and metadata[b"jax.version"]
     assert (tmp_path / ".hydra" / "config.yaml").exists()

@@ -64,7 +64,7 @@ def test_each_batched_job_equals_the_same_job_run_by_the_basic_launcher(sweeps):
         a, b = pd.read_parquet(basic[key] / "metrics.parquet"), pd.read_parquet(job / "metrics.parquet")
         pd.testing.assert_frame_equal(b, a, rtol=1e-5, atol=1e-6)  # float32 round-off: vmapped vs single
         meta_a, meta_b = pq.read_schema(basic[key] / "metrics.parquet").metadata, pq.read_schema(job / "metrics.parquet").metadata
-        assert meta_b[b"vi_sweep.launch.config"] == meta_a[b"vi_sweep.launch.config"] and meta_b[b"vi_sweep.fields"] == meta_a[b"vi_sweep.fields"]
+        assert meta_b[b"vi_sweep.config"] == meta_a[b"vi_sweep.config"] and meta_b[b"vi_sweep.fields"] == meta_a[b"vi_sweep.fields"]
         for name in ("config.yaml", "overrides.yaml"):
             assert (job / ".hydra" / name).read_text() == (basic[key] / ".hydra" / name).read_text()
         assert (job / ".hydra" / "hydra.yaml").exists() and (job / "vi_sweep.log").exists()
@@ -215,7 +215,7 @@ def test_a_sweep_killed_mid_way_and_rerun_ends_with_exactly_an_uninterrupted_swe
     for name in names:
         a, b = pq.read_table(killed / name / "metrics.parquet"), pq.read_table(clean / name / "metrics.parquet")
         assert a.equals(b), name  # same values, bit for bit
-        assert a.schema.metadata[b"vi_sweep.launch.config"] == b.schema.metadata[b"vi_sweep.launch.config"]
+        assert a.schema.metadata[b"vi_sweep.config"] == b.schema.metadata[b"vi_sweep.config"]
 
 
 def test_a_diverged_run_is_data_and_the_sweep_succeeds(tmp_path):

@@ -7,7 +7,7 @@ Layout of one file: one row per logged step with the metric columns of
 :class:`vi_sweep.core.trainer.Rows` plus ``step``, ``status`` (``ok`` | ``diverged``) and
 ``diverged_at`` (null if never), then the run's flat config (:func:`vi_sweep.launch.config.run_fields`)
 and ``scenario`` as constant columns. Key-value metadata holds the full resolved config
-(``vi_sweep.launch.config``, JSON), the flat fields (``vi_sweep.fields``), ``vi_sweep.version``,
+(``vi_sweep.config``, JSON), the flat fields (``vi_sweep.fields``), ``vi_sweep.version``,
 ``jax.version`` and ``vi_sweep.complete = "1"``, which together let a resumed sweep decide
 whether a file is finished and belongs to the same job.
 """
@@ -83,7 +83,7 @@ def write_metrics(
     metadata = dict(table.schema.metadata or {})
     metadata.update(
         {
-            b"vi_sweep.launch.config": json.dumps(resolved_config, sort_keys=True).encode(),
+            b"vi_sweep.config": json.dumps(resolved_config, sort_keys=True).encode(),
             b"vi_sweep.fields": json.dumps(dict(fields), sort_keys=True).encode(),
             b"vi_sweep.version": _package_version().encode(),
             b"jax.version": jax.__version__.encode(),
