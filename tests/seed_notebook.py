@@ -90,8 +90,9 @@ def run(mode: str = "mc", seed: int = 0, d: int = 100, steps: int = 2000,
     return params, means, stds, ts
 
 
-def reference_rows(mode="mc", seed=0, d=100, steps=2000, lr=1e-2, num_mc=8, init_log_sigma=-2.0, log_every=200):
-    """The notebook's loop, returning its logged rows as a dict of lists instead of printing."""
+def reference_rows(mode="mc", seed=0, d=100, steps=2000, lr=1e-2, num_mc=8, init_log_sigma=-2.0, log_every=200, also=()):
+    """The notebook's loop, returning its logged rows as a dict of lists instead of printing
+    (and the rows of the steps in ``also``: the same loop, looked at more often)."""
     import numpy as np
 
     key = jax.random.key(seed)
@@ -104,7 +105,7 @@ def reference_rows(mode="mc", seed=0, d=100, steps=2000, lr=1e-2, num_mc=8, init
             opt_state, params, loss = step_exact(opt_state, params, optimizer)
         else:
             key, opt_state, params, loss = step_mc(key, opt_state, params, optimizer, num_mc)
-        if (t % log_every) == 0 or t == 1:
+        if (t % log_every) == 0 or t == 1 or t in also:
             mu, log_sigma = params
             sigma = jnp.exp(log_sigma)
             rows["step"].append(t)

@@ -16,7 +16,7 @@ import numpy as np
 
 from vi_sweep.launch.config import CONF_DIR, run_fields
 from vi_sweep.store.metrics import metrics_table, write_metrics
-from vi_sweep.core.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields
+from vi_sweep.core.trainer import as_hyper, jitted_batch_train, split_fields
 
 # The default grid of conf/grid/default.yaml, reduced to the cells of the notebook's story plus a
 # collapse: too-small lr, the good cell (0.05, 32), the stress cell (0.2, 1), lr = 1, lr = 10.
@@ -48,9 +48,8 @@ def write_sweep(sweep_dir: Path, runs: list[Mapping[str, Any]], *, scenario: str
     for spec, members in groups.items():
         state, rows = jitted_batch_train(spec)(as_hyper([split[i][1] for i in members]))
         columns = {name: np.asarray(value) for name, value in rows._asdict().items()}
-        steps = logged_steps(spec.steps, spec.log_every)
         for j, i in enumerate(members):
-            one = {"step": steps, **{name: value[j] for name, value in columns.items()}}
+            one = {name: value[j] for name, value in columns.items()}
             diverged_at = int(np.asarray(state.diverged_at)[j])
             table = metrics_table(one, runs[i], diverged_at, scenario)
             paths[i] = write_metrics(sweep_dir / str(first_job + i), table, resolved_config=dict(runs[i]), fields=runs[i])

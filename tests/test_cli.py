@@ -5,6 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from vi_sweep.core.schedule import row_steps
+
 from tests.conftest import REPO
 from vi_sweep.__main__ import main
 from vi_sweep.store.metrics import METRIC_COLUMNS
@@ -16,7 +18,8 @@ def test_run_writes_one_parquet_with_metrics_config_and_metadata(cli, tmp_path):
     result = cli("run", "steps=50", "log_every=10", "d=5", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr
     frame = pd.read_parquet(tmp_path / "metrics.parquet")
-    assert frame["step"].tolist() == [1, 10, 20, 30, 40, 50]
+    assert frame.loc[~frame["probe"], "step"].tolist() == [1, 10, 20, 30, 40, 50]  # the logged rows
+    assert frame["step"].tolist() == row_steps(50, 10)[0].tolist()  # and the tail probes
     assert set(METRIC_COLUMNS) | set(CONFIG_COLUMNS) <= set(frame.columns)
     assert (frame["num_mc"] == 8).all() and (frame["optimizer"] == "adam").all() and (frame["scenario"] == "none").all()
     assert (frame["status"] == "ok").all() and frame["diverged_at"].isna().all()

@@ -77,7 +77,7 @@ def test_a_batched_job_equals_the_notebooks_loop(sweeps):
     for objective, num_mc in (("mc", 3), ("exact", 1)):
         frame = pd.read_parquet(jobs[(objective, 0.05, num_mc, 1)] / "metrics.parquet")
         mode = "exact" if objective == "exact" else "mc"
-        ref = reference_rows(mode=mode, seed=1, d=5, steps=40, lr=0.05, num_mc=num_mc, init_log_sigma=-3.0, log_every=10)
+        ref = reference_rows(mode=mode, seed=1, d=5, steps=40, lr=0.05, num_mc=num_mc, init_log_sigma=-3.0, log_every=10, also=set(frame["step"]))
         assert frame["step"].tolist() == ref["step"].tolist()
         for column in ("loss", "kl", "mu_norm", "sigma_mean", "sigma_std", "sigma_min"):
             assert frame[column].to_numpy() == pytest.approx(ref[column], rel=1e-4, abs=1e-5), column
@@ -162,10 +162,15 @@ def test_resume_recomputes_exactly_the_missing_partial_and_foreign_jobs(sweeps, 
     rerun = run_cli("multirun", *GRID, "hydra.launcher.max_runs_per_call=2", "hydra.launcher.compilation_cache_dir=null", f"hydra.sweep.dir={sweep}")
     assert rerun.returncode == 0, rerun.stderr
     assert summary(rerun.stdout) == {"jobs": 16, "computed": 3, "resumed": 13, "groups": 1, "compiles": 1}
+    # The foreign file is a finished run of another config: kept, and its job computed into a new dir.
+    assert "1 computed into new job dirs (their own held other configs' runs)" in rerun.stdout
+    assert f"{partial / 'metrics.parquet'} is unreadable" in rerun.stderr and "recomputed" in rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
     assert not list(sweep.glob("*/.metrics.parquet.*"))
+    assert read_fields(foreign / "metrics.parquet") == read_fields(jobs[("mc", 0.3, 3, 0)] / "metrics.parquet")
     for key, job in jobs_by_fields(sweep).items():
         pd.testing.assert_frame_equal(pd.read_parquet(job / "metrics.parquet"), original[key], check_exact=True)
+    assert set(jobs_by_fields(sweep)) == set(original)
 
 
 def test_resume_finds_job_dirs_named_through_hydra_resolvers(tmp_path):
@@ -225,7 +230,7 @@ def test_a_diverged_run_is_data_and_the_sweep_succeeds(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     frames = {float(pd.read_parquet(p)["lr"].iloc[0]): pd.read_parquet(p) for p in tmp_path.glob("*/metrics.parquet")}
-    assert (frames[50.0]["status"] == "diverged").all() and 1 <= frames[50.0]["diverged_at"].iloc[0] <= 200
+    assert (frames[50.0]["status"] == "nonfinite").all() and 1 <= frames[50.0]["diverged_at"].iloc[0] <= 200
     assert (frames[0.01]["status"] == "ok").all()
     assert summary(result.stdout)["computed"] == 2
 

@@ -108,7 +108,7 @@ def test_no_module_imports_another_modules_private_names():
 # Which rooms may import which: the folders show the data flow.
 ALLOWED = {
     "vi_sweep.core": ("vi_sweep.core",),
-    "vi_sweep.store": ("vi_sweep.store", "vi_sweep"),
+    "vi_sweep.store": ("vi_sweep.store", "vi_sweep.core", "vi_sweep"),  # core only inside functions: field types
     "vi_sweep.analysis": ("vi_sweep.analysis", "vi_sweep.store", "vi_sweep.core", "vi_sweep.host", "vi_sweep"),
     "hydra_plugins": ("vi_sweep.launch.options", "vi_sweep.launch.compose", "vi_sweep.launch.batched", "vi_sweep.launch.plain"),
 }

@@ -88,10 +88,13 @@ def test_cli_matches_the_notebooks_printed_table(cli_case):
 
 
 def test_cli_matches_the_notebooks_full_loop(cli_case):
-    """All rows, including those cut from the printout, against the notebook's own code."""
+    """All rows, including those cut from the printout and the tail probes, against the notebook's own code."""
     _, frame, reference_kwargs, _ = cli_case
-    reference = reference_rows(seed=0, d=100, **reference_kwargs)
+    probes = set(frame.loc[frame["probe"], "step"].tolist())
+    reference = reference_rows(seed=0, d=100, also=probes, **reference_kwargs)
     np.testing.assert_array_equal(frame["step"].to_numpy(), reference["step"])
+    logged = frame[~frame["probe"]]["step"].to_numpy()
+    assert logged[0] == 1 and (logged[1:] % reference_kwargs["log_every"] == 0).all()  # the notebook's rows, and they only
     for column in COLUMNS[1:]:
         np.testing.assert_allclose(frame[column].to_numpy(), reference[column], rtol=1e-4, atol=1e-5, err_msg=column)
 
@@ -99,7 +102,7 @@ def test_cli_matches_the_notebooks_full_loop(cli_case):
 def test_cli_prints_the_notebooks_rows(cli_case):
     result, frame, _, printed = cli_case
     lines = [line for line in result.stdout.splitlines() if line.startswith("t=")]
-    assert len(lines) == len(frame)
+    assert len(lines) == int((~frame["probe"]).sum())  # the logged rows: tail probes are in the file only
     assert lines[0].startswith("t=    1  loss=")
     assert "KL=" in lines[0] and "|mu|=" in lines[0] and "min(sigma)=" in lines[0]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from vi_sweep.core.schedule import row_steps
+
 from vi_sweep.launch.sweep_plan import chunk_size, floats_per_run, plan_sweep
 from vi_sweep.core.trainer import split_fields
 from tests.sweeps import flat_fields
@@ -52,7 +54,9 @@ def test_a_group_over_budget_is_cut_into_equal_padded_chunks():
 
 def test_floats_per_run_counts_draws_coordinates_and_rows():
     spec = split_fields(fields(num_mc=8, d=100, steps=1000, log_every=100))[0]
-    assert floats_per_run(spec) == 6 * 8 * 100 + 16 * 100 + 10 * 11
+    rows = 1000 // 100 + 2 + 2 * 64  # the logged rows, the last step, and at most 2 x 64 tail probes
+    assert floats_per_run(spec) == 6 * 8 * 100 + 16 * 100 + 11 * rows
+    assert rows >= len(row_steps(1000, 100)[0])
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ from vi_sweep.core.trainer import (
     jitted_train,
     logged_steps,
     make_train,
+    row_steps,
+    tail_start,
     split_fields,
     train_one,
 )
@@ -44,11 +46,34 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listener)
 
 
-def test_logged_steps_follow_the_notebook():
+def test_logged_steps_follow_the_notebook_and_always_end_on_the_last_step():
     assert logged_steps(2000, 200).tolist() == [1] + list(range(200, 2001, 200))
     assert logged_steps(5, 1).tolist() == [1, 2, 3, 4, 5]
-    assert logged_steps(7, 10).tolist() == [1]
-    assert logged_steps(25, 10).tolist() == [1, 10, 20]
+    assert logged_steps(7, 10).tolist() == [1, 7]
+    assert logged_steps(25, 10).tolist() == [1, 10, 20, 25]
+    assert logged_steps(50, 20).tolist() == [1, 20, 40, 50]
+    assert logged_steps(1, 5).tolist() == [1]
+
+
+def test_the_tail_gets_probes_whatever_log_every_is():
+    steps, probe = row_steps(2000, 200)
+    assert steps[~probe].tolist() == logged_steps(2000, 200).tolist()  # the notebook's rows, all there
+    tail = steps[steps > tail_start(2000)]
+    assert tail_start(2000) == 1600 and len(tail) >= 64 and tail[-1] == 2000
+    spacing = np.gcd.reduce(np.diff(np.append(steps[probe], 2000)))
+    assert spacing % 2 == 1  # odd: a period-2 or period-4 cycle is seen in all its phases
+    steps, probe = row_steps(10, 5)
+    assert steps.tolist() == [1, 5, 9, 10] and probe.tolist() == [False, False, True, False]  # tail: steps 9, 10
+    steps, probe = row_steps(1, 1)
+    assert steps.tolist() == [1] and not probe.any()
+
+
+def test_rows_carry_their_step_and_probe_flag():
+    spec, traced = split_fields(fields(steps=50, log_every=20))
+    _, rows = train_one(spec, traced)
+    expected, probe = row_steps(50, 20)
+    assert rows["step"].tolist() == expected.tolist() and rows["probe"].tolist() == probe.tolist()
+    assert rows["step"][-1] == 50  # the final state is always a row
 
 
 def test_changing_lr_seed_and_init_never_recompiles():

@@ -90,4 +90,7 @@ if __name__ == "__main__":
         status: object = main()
     except SystemExit as stop:  # the one-line errors of the launcher and the task exit this way
         status = stop.code
+    except KeyboardInterrupt:  # Ctrl-C where no launcher counted the runs: every file written is whole
+        print("vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)", file=sys.stderr)
+        status = 130
     exit_now(status)

@@ -38,6 +38,8 @@ OUTCOME_COLOURS = {  # Okabe-Ito
     "converged": "#009E73",  # bluish green
     "slow": "#56B4E9",  # sky blue
     "stalled": "#E69F00",  # orange
+    "undetermined": "#BBBBBB",  # grey: no colour claims an answer
+    "unstable": "#F0E442",  # yellow
     "collapsed": "#CC79A7",  # reddish purple
     "diverged": "#D55E00",  # vermillion
 }
@@ -186,6 +188,15 @@ def _grid_axes(ax, lrs: Sequence[float], mcs: Sequence[int]) -> None:
         ax.spines[side].set_visible(False)
 
 
+def log_axis(ax, which: str, values: np.ndarray, *, around: float) -> None:
+    """A log scale on ``ax``'s ``which`` axis; with no positive finite value to show (every run of
+    the panel non-finite), the range is a decade either side of ``around`` instead of an error."""
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    shown = np.asarray(values, float)
+    if not np.any(np.isfinite(shown) & (shown > 0)):
+        (ax.set_ylim if which == "y" else ax.set_xlim)(around / 10.0, around * 10.0)
+
+
 def _mix_with_white(colour: str, amount: float) -> tuple[float, float, float]:
     """``amount`` = 1 is the colour, 0 is white: a minority outcome reads lighter."""
     rgb = np.asarray(to_rgb(colour))
@@ -247,7 +258,7 @@ def excess_heatmap(
     """
     lrs = sorted(cells["lr"].unique())
     mcs = sorted(cells["num_mc"].unique())
-    values = cells["kl_excess_per_dim_median"].to_numpy(float)
+    values = cells["excess_over_exact_per_dim_median"].to_numpy(float)
     finite = values[np.isfinite(values)]
     top = max(float(np.max(finite)) if len(finite) else floor * 10, floor * 10)
     norm = LogNorm(vmin=floor, vmax=top)
@@ -257,7 +268,7 @@ def excess_heatmap(
         cmap = mpl.colormaps[EXCESS_CMAP]
         for row in cells.itertuples(index=False):
             x, y = lrs.index(row.lr), mcs.index(row.num_mc)
-            value = float(row.kl_excess_per_dim_median)
+            value = float(row.excess_over_exact_per_dim_median)
             shown = min(max(value, floor), top) if np.isfinite(value) else np.nan
             colour = cmap(norm(shown)) if np.isfinite(shown) else (0.85, 0.85, 0.85, 1.0)
             hatch = None if row.baseline_outcome == "converged" else "////"
@@ -296,15 +307,15 @@ def kl_curves(
     *,
     overlays: Sequence[Overlay] = (),
 ) -> Figure:
-    """KL against step for chosen cells: median over seeds, min-max band, and the exact baseline.
+    """KL excess over q* against step for chosen cells: median over seeds, min-max band, and the exact baseline.
 
     Parameters
     ----------
     runs
-        Classified runs (:func:`vi_sweep.analysis.read.load_sweep`): config, ``outcome``, ``baseline``,
-        ``reference_kl``.
+        Classified runs (:func:`vi_sweep.analysis.load.load_sweep`): config, ``outcome``, ``baseline``,
+        ``reference_kl_excess``, ``tolerance``.
     trajectories
-        The sweep's long table (``run``, ``step``, ``kl``).
+        The sweep's long table (``run``, ``step``, ``kl_excess``).
     baseline_trajectories
         The baselines' long table, keyed by ``run`` = baseline id.
     cells
@@ -325,7 +336,7 @@ def kl_curves(
                 ax.set_visible(False)
                 continue
             rows = trajectories[trajectories["run"].isin(members["run"])]
-            table = rows.pivot(index="step", columns="run", values="kl")
+            table = rows.pivot(index="step", columns="run", values="kl_excess")
             steps = table.index.to_numpy()
             kl = np.maximum(table.to_numpy(float), KL_DISPLAY_FLOOR)
             majority = members["outcome"].astype(str).value_counts()
@@ -335,13 +346,13 @@ def kl_curves(
                 ax.fill_between(steps, np.nanmin(kl, axis=1), np.nanmax(kl, axis=1), color=colour, alpha=0.3, linewidth=0)
                 ax.plot(steps, np.nanmedian(kl, axis=1), color=colour, label=f"MC, {len(members)} seeds")
             base = baseline_trajectories[baseline_trajectories["run"] == members["baseline"].iloc[0]]
-            ax.plot(base["step"], np.maximum(base["kl"].to_numpy(float), KL_DISPLAY_FLOOR), color="black", linestyle="--", linewidth=0.8, label="exact KL")
-            level = float(members["reference_kl"].iloc[0]) + float(members["tolerance"].iloc[0])
+            ax.plot(base["step"], np.maximum(base["kl_excess"].to_numpy(float), KL_DISPLAY_FLOOR), color="black", linestyle="--", linewidth=0.8, label="exact")
+            level = float(members["reference_kl_excess"].iloc[0]) + float(members["tolerance"].iloc[0])
             ax.axhline(max(level, KL_DISPLAY_FLOOR), color="0.5", linestyle=":", linewidth=0.8, label="tolerance")
-            ax.set_yscale("log")
+            log_axis(ax, "y", np.concatenate([kl.ravel(), base["kl_excess"].to_numpy(float)]), around=max(level, KL_DISPLAY_FLOOR))
             ax.set_title(f"{facet_title(cell)}: {outcome} {majority.iloc[0]}/{len(members)}", fontsize=6)
             ax.set_xlabel("step")
-            ax.set_ylabel("KL(q || p) (nats)")
+            ax.set_ylabel("KL excess over q* (nats)")
             ax.tick_params(length=2)
             for side in ("top", "right"):
                 ax.spines[side].set_visible(False)
@@ -355,9 +366,9 @@ def kl_curves(
 def sigma_statistics(runs: pd.DataFrame, *, facet: Mapping[str, Any] | None = None, overlays: Sequence[Overlay] = ()) -> Figure:
     """Tail sigma statistics against lr, one line per num_mc (medians over seeds, min-max bars).
 
-    Left: the median over the tail of mean(sigma) (the target's scale is 1 for a standardised
-    target; the optimum of a diagonal target has sigma_i = target std). Right: the tail's min
-    sigma, log scale, with the collapse threshold (``collapse_ratio`` x smallest target std).
+    Left: the median over the tail of mean(sigma), with the smallest sigma of the mean-field
+    optimum q*. Right: the tail's min sigma, log scale, with the collapse threshold
+    (``collapse_ratio`` x the smallest sigma of q*).
     """
     fig = Figure(figsize=(COLUMN_WIDTH, 1.75))
     with paper_style():
@@ -370,15 +381,21 @@ def sigma_statistics(runs: pd.DataFrame, *, facet: Mapping[str, Any] | None = No
                 with np.errstate(invalid="ignore"):  # all-NaN cells (every run non-finite) draw no bar
                     low = np.nan_to_num(np.maximum(stats["median"] - stats["min"], 0), nan=0.0, posinf=0.0)
                     high = np.nan_to_num(np.maximum(stats["max"] - stats["median"], 0), nan=0.0, posinf=0.0)
-                ax.errorbar(lrs, stats["median"], yerr=[low, high], color=colour, marker=marker, capsize=1.5, elinewidth=0.6, label=f"num_mc={num_mc}")
+                median = stats["median"].where(np.isfinite(stats["median"]))  # an overflowed sigma has no point
+                ax.errorbar(lrs, median, yerr=[low, high], color=colour, marker=marker, capsize=1.5, elinewidth=0.6, label=f"num_mc={num_mc}")
         threshold = float(runs["collapse_threshold"].min())
         right.axhline(threshold, color=OUTCOME_COLOURS["collapsed"], linestyle="--", linewidth=0.8, label="collapse threshold")
-        left.axhline(float(runs["smallest_target_std"].min()), color="0.5", linestyle=":", linewidth=0.8, label="smallest target std")
+        left.axhline(float(runs["sigma_star_min"].min()), color="0.5", linestyle=":", linewidth=0.8, label="smallest sigma of q*")
         left.set_ylabel("tail mean of sigma")
         right.set_ylabel("tail min of sigma")
-        right.set_yscale("log")
-        for ax in (left, right):
+        log_axis(right, "y", runs["tail_sigma_min"].to_numpy(float), around=threshold)
+        lrs = runs["lr"].to_numpy(float)
+        for ax, column in ((left, "tail_sigma_mean"), (right, "tail_sigma_min")):
+            shown = runs[column].to_numpy(float)
             ax.set_xscale("log")
+            if not np.isfinite(shown).any():  # nothing drawn: the lr range itself, not matplotlib's default (0, 1)
+                ax.set_xlim(lrs.min() / 10.0, lrs.max() * 10.0)
+        for ax in (left, right):
             ax.set_xlabel(AXIS_LABELS["lr"])
             ax.tick_params(length=2)
             for side in ("top", "right"):

@@ -45,7 +45,8 @@ def load_sweep(path: str | os.PathLike, *, cache_baselines: bool = True, **thres
         Write computed baselines to ``<sweep_dir>/baselines/`` (and reuse them next time).
     **thresholds
         Fields of :class:`vi_sweep.analysis.outcomes.Thresholds` (``tail_fraction``, ``tol_per_dim``,
-        ``collapse_ratio``, ``trend_alpha``, ``min_tail_points``).
+        ``collapse_ratio``, ``divergence_per_dim``, ``trend_alpha``, ``min_tail_rows``,
+        ``min_effective_samples``, ``burst_factor``).
     """
     sweep = read_sweep(path)
     baselines = exact_baselines(sweep, cache=cache_baselines)

@@ -18,7 +18,7 @@ import pandas as pd
 from vi_sweep.analysis.outcomes import OUTCOMES
 from vi_sweep.analysis.read import config_columns
 
-SEVERITY = ("diverged", "collapsed", "stalled", "slow", "converged")
+SEVERITY = ("diverged", "collapsed", "unstable", "stalled", "undetermined", "slow", "converged")
 """Tie-break order of the majority outcome: worst first, so a 1-1-1 split never reads as success."""
 
 ALWAYS_KEYS = ("lr", "num_mc")  # the phase map's axes: kept as columns even when not swept
@@ -101,12 +101,12 @@ def _cell_rng(seed: int, key: tuple) -> np.random.Generator:
 def phase_table(
     runs: pd.DataFrame, *, keys: list[str] | None = None, n_boot: int = 2000, level: float = 0.95, seed: int = 0
 ) -> pd.DataFrame:
-    """One row per cell of a classified runs table (:func:`vi_sweep.analysis.read.load_sweep`).
+    """One row per cell of a classified runs table (:func:`vi_sweep.analysis.load.load_sweep`).
 
     Parameters
     ----------
     runs
-        One row per run with ``outcome``, ``kl_excess``, ``time_to_tol_ratio`` and config columns.
+        One row per run with ``outcome``, ``excess_over_exact``, ``time_to_tol_ratio`` and config columns.
     keys
         The cell keys; default :func:`cell_keys` (every swept key but ``seed``, plus lr, num_mc).
     n_boot, level, seed
@@ -116,8 +116,8 @@ def phase_table(
     -------
     DataFrame sorted by ``keys`` with the keys, ``n_runs``, ``frac_<outcome>`` for every outcome,
     ``outcome`` (majority; ties go to the worse outcome, :data:`SEVERITY`), ``outcome_frac``,
-    ``kl_excess_median``/``_lo``/``_hi`` (nats), ``kl_excess_coverage`` (the interval's exact
-    probability of covering the median), ``kl_excess_per_dim_median``,
+    ``excess_over_exact_median``/``_lo``/``_hi`` (nats), ``excess_over_exact_coverage`` (the interval's exact
+    probability of covering the median), ``excess_over_exact_per_dim_median``,
     ``tail_kl_median``, ``baseline_tail_kl``, ``baseline_outcome``, ``tail_sigma_min_median``
     and ``time_to_tol_ratio`` (median over the cell's
     runs; ``inf`` when most runs never reach the tolerance their baseline reaches).
@@ -139,21 +139,21 @@ def phase_table(
     table["outcome_frac"] = fractions.max(axis=1).to_numpy()
 
     by_cell = runs.assign(_cell=codes).groupby("_cell")
-    medians = by_cell[["kl_excess", "tail_kl", "baseline_tail_kl", "tail_sigma_min"]].median()
-    table["kl_excess_median"] = medians["kl_excess"].to_numpy()
+    medians = by_cell[["excess_over_exact", "tail_kl", "baseline_tail_kl", "tail_sigma_min"]].median()
+    table["excess_over_exact_median"] = medians["excess_over_exact"].to_numpy()
     intervals = np.array(
         [
-            bootstrap_median_interval(runs["kl_excess"].to_numpy(np.float64)[members], n_boot=n_boot, level=level, rng=_cell_rng(seed, _key(table, keys, cell)))
+            bootstrap_median_interval(runs["excess_over_exact"].to_numpy(np.float64)[members], n_boot=n_boot, level=level, rng=_cell_rng(seed, _key(table, keys, cell)))
             for cell, members in sorted(by_cell.indices.items())
         ]
     ).reshape(-1, 2)
-    table["kl_excess_lo"], table["kl_excess_hi"] = intervals[:, 0], intervals[:, 1]
-    excess = runs["kl_excess"].to_numpy(np.float64)
-    table["kl_excess_coverage"] = [
+    table["excess_over_exact_lo"], table["excess_over_exact_hi"] = intervals[:, 0], intervals[:, 1]
+    excess = runs["excess_over_exact"].to_numpy(np.float64)
+    table["excess_over_exact_coverage"] = [
         order_statistic_coverage(excess[members], lo, hi)
         for (cell, members), lo, hi in zip(sorted(by_cell.indices.items()), intervals[:, 0], intervals[:, 1])
     ]
-    table["kl_excess_per_dim_median"] = table["kl_excess_median"] / runs["d"].to_numpy(np.float64)[first]
+    table["excess_over_exact_per_dim_median"] = table["excess_over_exact_median"] / runs["d"].to_numpy(np.float64)[first]
     table["tail_kl_median"] = medians["tail_kl"].to_numpy()
     table["baseline_tail_kl"] = medians["baseline_tail_kl"].to_numpy()
     table["baseline_outcome"] = runs["baseline_outcome"].to_numpy()[first]  # one baseline per cell
@@ -180,7 +180,9 @@ def example_cells(cells: pd.DataFrame, keys: list[str] | None = None) -> list[di
     clearest = {
         "converged": ("lr", False),
         "slow": ("lr", True),
-        "stalled": ("kl_excess_median", False),
+        "stalled": ("excess_over_exact_median", False),
+        "undetermined": ("lr", True),
+        "unstable": ("tail_kl_median", False),
         "collapsed": ("tail_sigma_min_median", True),
         "diverged": ("tail_kl_median", False),
     }

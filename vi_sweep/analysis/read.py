@@ -23,7 +23,6 @@ seconds. A file that cannot be read -- truncated, corrupt, or written without th
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -33,13 +32,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from vi_sweep.store.metrics import METRIC_COLUMNS, METRICS_FILE
+from vi_sweep.store.metrics import METRIC_COLUMNS, METRICS_FILE, RUN_COLUMNS, UnreadableRun, read_run_file
 
 # The order config columns appear in; optimizer_* / target_* hyperparameters follow their group.
 CONFIG_ORDER = ("objective", "estimator", "optimizer", "target", "lr", "num_mc", "seed", "d", "steps", "init_log_sigma", "log_every", "scenario")
-SCALAR_COLUMNS = ("scenario", "status", "diverged_at")  # constant per file, read from its first row
 READ_THREADS = min(8, os.cpu_count() or 2)  # pyarrow decodes without the GIL; more threads than cores only queue
 
 
@@ -51,16 +48,12 @@ class SkippedFileWarning(UserWarning):
     """A job's ``metrics.parquet`` could not be read and was left out of the analysis."""
 
 
-class UnreadableMetrics(Exception):
-    """Raised by :func:`read_run` with a one-line reason."""
-
-
 class RunRecord(NamedTuple):
     """One run's ``metrics.parquet``, decoded."""
 
     fields: dict[str, Any]  # the run's flat config (the file's vi_sweep.fields metadata)
     scenario: str
-    status: str  # "ok" | "diverged"
+    status: str  # "ok" | "nonfinite"
     diverged_at: int  # 1-based step of the first non-finite value, 0 = never
     metrics: pa.Table  # the METRIC_COLUMNS, one row per logged step
 
@@ -76,36 +69,14 @@ class Sweep(NamedTuple):
     unfinished: tuple[str, ...]  # job directories (with a .hydra/) that have no metrics.parquet
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def read_run(path: str | os.PathLike) -> RunRecord:
-    """Decode one ``metrics.parquet``; raise :class:`UnreadableMetrics` with a one-line reason."""
-    try:
-        parquet = pq.ParquetFile(path)
-        schema = parquet.schema_arrow
-        metadata = schema.metadata or {}
-        if metadata.get(b"vi_sweep.complete") != b"1":
-            raise UnreadableMetrics("incomplete file (no vi_sweep.complete flag)")
-        fields = json.loads(metadata[b"vi_sweep.fields"])
-        names = set(schema.names)
-        missing = [c for c in (*METRIC_COLUMNS, *SCALAR_COLUMNS) if c not in names]
-        if missing:
-            raise UnreadableMetrics(f"missing columns {', '.join(missing)}")
-        table = parquet.read(columns=[*METRIC_COLUMNS, *SCALAR_COLUMNS], use_threads=False)
-    except UnreadableMetrics:
-        raise
-    except KeyError:
-        raise UnreadableMetrics("no vi_sweep.fields metadata") from None
-    except (OSError, ValueError, pa.ArrowException) as err:  # truncated or not parquet at all
-        raise UnreadableMetrics(_first_line(err)) from None
-    if table.num_rows == 0:
-        raise UnreadableMetrics("no rows")
-    first = {name: table.column(name)[0].as_py() for name in SCALAR_COLUMNS}
+    """Decode one ``metrics.parquet`` (:func:`vi_sweep.store.metrics.read_run_file`); raise
+    :class:`~vi_sweep.store.metrics.UnreadableRun` with a one-line reason."""
+    run = read_run_file(path, columns=[*METRIC_COLUMNS, *RUN_COLUMNS])
+    table = run.table
+    first = {name: table.column(name)[0].as_py() for name in RUN_COLUMNS}
     return RunRecord(
-        fields=fields,
+        fields=run.fields,
         scenario=str(first["scenario"]),
         status=str(first["status"]),
         diverged_at=int(first["diverged_at"] or 0),
@@ -180,7 +151,7 @@ def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep
     def attempt(file: Path) -> RunRecord | str:
         try:
             return read_run(file)
-        except UnreadableMetrics as err:
+        except UnreadableRun as err:
             return str(err)
 
     # One contiguous block of files per thread: a future per file costs more than reading it.
@@ -199,6 +170,13 @@ def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep
             names.append(file.parent.name)
             jobs.append(result)
     unfinished = _unfinished_jobs(sweep_dir)
+    if unfinished:
+        shown = ", ".join(unfinished[:10]) + (f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "")
+        warnings.warn(
+            f"{len(unfinished)} job directories of {sweep_dir} have no metrics.parquet (unfinished runs, left out): {shown}",
+            SkippedFileWarning,
+            stacklevel=2,
+        )
     if not jobs:
         detail = f" ({len(skipped)} unreadable)" if skipped else ""
         raise SweepError(f"no readable {METRICS_FILE} under {sweep_dir}{detail}")

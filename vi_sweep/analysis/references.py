@@ -18,9 +18,10 @@ Where a baseline comes from, in order:
    report does not depend on whether the cache was warm, so a rerun writes identical files.
 
 The per-target constants used by the classifier are closed forms of
-:class:`vi_sweep.core.targets.GaussianTarget`: the KL at initialisation (``mu = 0``,
+:class:`vi_sweep.core.targets.GaussianTarget`: the KL excess at initialisation (``mu = 0``,
 ``log_sigma = init_log_sigma``), the mean-field floor ``kl_floor`` (0 for diagonal targets) and
-the target's smallest marginal standard deviation (the scale of "variance collapse"). They are
+the smallest standard deviation of the mean-field optimum q* (the scale of "variance
+collapse"). They are
 evaluated by float64 numpy twins of the targets' methods (:func:`target_structure`,
 :func:`closed_form_constants`), so a report whose baselines are all found or cached never
 imports JAX.
@@ -40,7 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from vi_sweep.analysis.read import RunRecord, Sweep, UnreadableMetrics, read_run, trajectories_frame
+from vi_sweep.analysis.read import RunRecord, Sweep, read_run, trajectories_frame
 from vi_sweep.store.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IGNORES: part of this module's API
     BASELINE_DIR,
     BASELINE_IGNORES,
@@ -51,7 +52,7 @@ from vi_sweep.store.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IG
     cache_file,
     write_baseline,
 )
-from vi_sweep.store.metrics import METRIC_COLUMNS
+from vi_sweep.store.metrics import METRIC_COLUMNS, UnreadableRun, status_of
 
 BATCH = 512  # baselines per vmapped call: bounds memory on very large sweeps
 
@@ -63,8 +64,8 @@ class BaselineCacheWarning(UserWarning):
 class References(NamedTuple):
     """Per-run references and the baseline trajectories.
 
-    ``per_run`` is indexed by run id with ``baseline`` (id into ``baselines``), ``init_kl``,
-    ``kl_floor`` and ``smallest_target_std``. ``baselines`` has one row per distinct baseline
+    ``per_run`` is indexed by run id with ``baseline`` (id into ``baselines``) and the
+    :data:`TARGET_CONSTANTS` (``init_kl_excess``, ``kl_floor``, ``sigma_star_min``). ``baselines`` has one row per distinct baseline
     (``baseline``, ``source``, ``status``, ``diverged_at``, ``n_logged``, its config columns);
     ``trajectories`` is their long table keyed by ``run`` = baseline id.
     """
@@ -76,7 +77,7 @@ class References(NamedTuple):
 
 def _train(fields_list: list[dict[str, Any]]) -> list[RunRecord]:
     """Train exact runs with the sweep's trainer, one vmapped call per compiled shape."""
-    from vi_sweep.core.trainer import as_hyper, jitted_batch_train, logged_steps, split_fields
+    from vi_sweep.core.trainer import as_hyper, jitted_batch_train, split_fields
 
     jobs: list[RunRecord | None] = [None] * len(fields_list)
     groups: dict[Any, list[int]] = defaultdict(list)
@@ -84,16 +85,15 @@ def _train(fields_list: list[dict[str, Any]]) -> list[RunRecord]:
     for i, (spec, _) in enumerate(split):
         groups[spec].append(i)
     for spec, members in groups.items():
-        steps = logged_steps(spec.steps, spec.log_every)
         for start in range(0, len(members), BATCH):
             chunk = members[start : start + BATCH]
             state, rows = jitted_batch_train(spec)(as_hyper([split[i][1] for i in chunk]))
             columns = {name: np.asarray(value) for name, value in rows._asdict().items()}
             diverged_at = np.asarray(state.diverged_at)
             for j, i in enumerate(chunk):
-                one = {"step": steps, **{name: value[j] for name, value in columns.items()}}
+                one = {name: value[j] for name, value in columns.items()}
                 table = baseline_table(one, fields_list[i], int(diverged_at[j]))
-                jobs[i] = RunRecord(fields_list[i], BASELINE_SCENARIO, "diverged" if diverged_at[j] else "ok", int(diverged_at[j]), table)
+                jobs[i] = RunRecord(fields_list[i], BASELINE_SCENARIO, status_of(int(diverged_at[j])), int(diverged_at[j]), table)
     return jobs  # type: ignore[return-value]
 
 
@@ -102,7 +102,7 @@ def _read_cache(path: Path, fields: Mapping[str, Any]) -> RunRecord | None:
         return None
     try:
         job = read_run(path)
-    except UnreadableMetrics:
+    except UnreadableRun:
         return None  # a damaged cache entry is recomputed and overwritten
     if json.dumps(job.fields, sort_keys=True) != json.dumps(dict(fields), sort_keys=True):
         return None
@@ -180,14 +180,16 @@ def _try_cache(path: Path, job: RunRecord) -> None:
 
 
 def target_constants(fields_list: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    r"""``init_kl``, ``kl_floor`` and ``smallest_target_std`` for each run's fields (closed forms).
+    r"""``init_kl_excess``, ``kl_floor`` and ``sigma_star_min`` for each run's fields (closed forms).
 
-    ``init_kl`` is :math:`\mathrm{KL}(q_0 \| p)` at :math:`\mu = 0`, :math:`\log\sigma =`
-    ``init_log_sigma`` -- the KL *before* the first step (the first logged row is after it, and at
-    a large lr one step can already move :math:`\log\sigma` by lr). Computed once per distinct
-    (target, d, target hyperparameters, init_log_sigma), in float64 numpy
-    (:func:`closed_form_constants`): they equal ``vi_sweep.core.targets``' float32 methods to float32
-    round-off, and no XLA program is compiled for three numbers.
+    ``init_kl_excess`` is the KL excess over the mean-field optimum of :math:`q_0` at
+    :math:`\mu = 0`, :math:`\log\sigma =` ``init_log_sigma`` -- *before* the first step (the
+    first logged row is after it, and at a large lr one step can already move :math:`\log\sigma`
+    by lr). ``kl_floor`` is the KL of the mean-field optimum :math:`q^*` (0 for diagonal targets),
+    ``sigma_star_min`` the smallest standard deviation of :math:`q^*` (the scale of "variance
+    collapse"). Computed once per distinct (target, d, target hyperparameters, init_log_sigma),
+    in float64 numpy (:func:`closed_form_constants`): they equal ``vi_sweep.core.targets``'
+    float32 methods to float32 round-off, and no XLA program is compiled for three numbers.
     """
     cache: dict[str, tuple[float, float, float]] = {}
     rows = []
@@ -198,7 +200,11 @@ def target_constants(fields_list: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             mean, diag, shared = target_structure(fields["target"], int(fields["d"]), params)
             cache[key] = closed_form_constants(mean, diag, shared, float(fields["init_log_sigma"]))
         rows.append(cache[key])
-    return pd.DataFrame(rows, columns=["init_kl", "kl_floor", "smallest_target_std"], dtype=float)
+    return pd.DataFrame(rows, columns=list(TARGET_CONSTANTS), dtype=float)
+
+
+TARGET_CONSTANTS = ("init_kl_excess", "kl_floor", "sigma_star_min")
+"""The per-run constants of :func:`target_constants` (columns of ``References.per_run``)."""
 
 
 def target_structure(name: str, d: int, params: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -233,20 +239,19 @@ def _target_param(name: str, params: Mapping[str, float], key: str) -> float:
 
 
 def closed_form_constants(mean: np.ndarray, diag: np.ndarray, shared: float, init_log_sigma: float) -> tuple[float, float, float]:
-    r"""``(init_kl, kl_floor, smallest_target_std)`` of :math:`\mathcal N(m, \operatorname{diag}(a) + b\mathbf 1\mathbf 1^\top)`.
+    r"""``(init_kl_excess, kl_floor, sigma_star_min)`` of :math:`\mathcal N(m, \operatorname{diag}(a) + b\mathbf 1\mathbf 1^\top)`.
 
-    The float64 twins of ``GaussianTarget.kl`` at :math:`\mu = 0`, :math:`\log\sigma_i = s`,
-    ``kl_floor`` and ``min_std`` (the same formulas; see :mod:`vi_sweep.core.targets`). With
-    :math:`c = b / (1 + b\sum_i 1/a_i)` (Sherman-Morrison) and
-    :math:`\log P_{ii} = -\log a_i + \operatorname{log1p}(-c/a_i)`:
+    The float64 twins of ``GaussianTarget.kl_excess`` at :math:`\mu = 0`, :math:`\log\sigma_i = s`,
+    ``kl_floor`` and the mean-field optimum's :math:`\sigma^*_i = P_{ii}^{-1/2}` (the same formulas;
+    see :mod:`vi_sweep.core.targets`). With :math:`c = b / (1 + b\sum_i 1/a_i)` (Sherman-Morrison)
+    and :math:`\log P_{ii} = -\log a_i + \operatorname{log1p}(-c/a_i)`:
 
     .. math::
         \mathrm{KL}_{\text{floor}} = \tfrac12\Big[\sum_i \operatorname{log1p}(-c/a_i)
             + \operatorname{log1p}\big(b\textstyle\sum_i 1/a_i\big)\Big],\qquad
-        \mathrm{KL}_0 = \tfrac12 \sum_i f(2s + \log P_{ii}) + \tfrac12\, m^\top P m + \mathrm{KL}_{\text{floor}},
+        \text{excess}_0 = \tfrac12 \sum_i f(2s + \log P_{ii}) + \tfrac12\, m^\top P m,
 
-    :math:`f(x) = e^x - 1 - x \ge 0`, and the smallest std is :math:`\sqrt{\min_i (a_i + b)}`.
-    Every term is clamped at 0, so round-off can never make the KL negative.
+    :math:`f(x) = e^x - 1 - x \ge 0`. Every term is clamped at 0, so round-off can never make a KL negative.
     """
     inv_diag = 1.0 / diag
     c = shared / (1.0 + shared * np.sum(inv_diag))
@@ -257,4 +262,4 @@ def closed_form_constants(mean: np.ndarray, diag: np.ndarray, shared: float, ini
     spread = 0.5 * np.sum(np.maximum(np.expm1(x) - x, 0.0))
     s = np.sum(mean * inv_diag)
     location = 0.5 * max(np.sum(mean * mean * inv_diag) - c * s * s, 0.0)
-    return float(spread + location + floor), float(floor), float(np.sqrt(np.min(diag + shared)))
+    return float(spread + location), float(floor), float(np.exp(-0.5 * np.max(log_precision_diag)))

@@ -21,7 +21,7 @@ from vi_sweep.analysis.theory import sgd_overlay_lines
 class FigureJob(NamedTuple):
     """One figure of the report: what to draw, where (``stem`` + ``.png``/``.pdf``), from what."""
 
-    kind: str  # phase_map | kl_excess | sigma: args = (cell table, runs, facet); kl_curves: kl_curves' args
+    kind: str  # phase_map | excess_over_exact | sigma: args = (cell table, runs, facet); kl_curves: kl_curves' args
     stem: str
     args: tuple
 
@@ -35,7 +35,7 @@ def render_figure(job: FigureJob) -> str:
         overlays = theory_overlays(runs).get(job.kind, ())
         if job.kind == "phase_map":
             fig = phase_map(cells_table, facet=facet, overlays=overlays)
-        elif job.kind == "kl_excess":
+        elif job.kind == "excess_over_exact":
             fig = excess_heatmap(cells_table, facet=facet, overlays=overlays)
         else:
             fig = sigma_statistics(runs, facet=facet)
@@ -81,7 +81,7 @@ def theory_overlays(runs: pd.DataFrame) -> dict[str, list[Overlay]]:
 
         return draw
 
-    return {"phase_map": [overlay("phase")], "kl_excess": [overlay("kl")]}
+    return {"phase_map": [overlay("phase")], "excess_over_exact": [overlay("kl")]}
 
 
 THEORY_STYLES = {"limit": dict(color="black", linewidth=1.2), "level": dict(color="white", linewidth=1.2)}

@@ -6,7 +6,7 @@ The report directory holds
   (one row per run with its statistics and outcome);
 - ``summary.md``: counts, thresholds, the cells of each outcome, the figures;
 - figures as PNG (300 dpi) and PDF, one per facet (the swept keys other than lr and num_mc):
-  ``phase_map``, ``kl_excess``, ``sigma``, plus ``kl_curves`` for chosen cells.
+  ``phase_map``, ``excess_over_exact``, ``sigma``, plus ``kl_curves`` for chosen cells.
 
 It is written into a temporary directory next to ``report/`` and swapped in, so a crash never
 leaves a half-written report, and it is byte-reproducible: inputs are sorted, figures carry no
@@ -33,7 +33,7 @@ from vi_sweep.analysis.figures import facet_title, format_value, select_rows, sp
 from vi_sweep.analysis.outcomes import OUTCOMES, Thresholds, classify
 from vi_sweep.analysis.phase import cell_keys, example_cells, phase_table
 from vi_sweep.analysis.read import SkippedFileWarning, Sweep, SweepError, read_sweep
-from vi_sweep.analysis.references import BaselineCacheWarning, exact_baselines
+from vi_sweep.analysis.references import BASELINE_DIR, BaselineCacheWarning, exact_baselines
 from vi_sweep.analysis.render import FigureJob, render_figure
 from vi_sweep.host import available_cores
 from vi_sweep.store.metrics import current_umask
@@ -117,15 +117,19 @@ def summary_markdown(
         "",
         "## Thresholds",
         "",
-        f"- tail: the last {thresholds.tail_fraction:.0%} of the logged rows (at least {thresholds.min_tail_points}); "
-        "tail KL = median over the tail",
-        "- diverged: a non-finite value at any step, or tail KL > max(KL at initialisation, "
-        f"floor + {thresholds.divergence_per_dim:g} nats/dim)",
-        f"- collapsed: tail min sigma < {thresholds.collapse_ratio:g} x the target's smallest std",
-        f"- converged: tail KL <= reference + {thresholds.tol_per_dim:g} nats/dim "
-        "(reference: the exact run's tail KL if it converged, else the mean-field floor)",
-        f"- slow: the exact run did not converge either, or log KL still falls over the tail (OLS t-test, one-sided alpha = {thresholds.trend_alpha:g})",
-        "- stalled: none of the above",
+        f"- tail: the rows in the last {thresholds.tail_fraction:.0%} of a run's steps (never t = 1); "
+        "tail KL excess = median over the tail of the KL excess over the mean-field optimum q*",
+        f"- trend: OLS slope of log excess over the tail, standard error corrected for lag-1 autocorrelation "
+        f"(effective sample size n_eff), one-sided alpha = {thresholds.trend_alpha:g} each way",
+        f"- diverged: a non-finite value, or tail excess > {thresholds.divergence_per_dim:g} nats/dim after some row rose above the initial excess",
+        f"- collapsed: tail min sigma < {thresholds.collapse_ratio:g} x the smallest sigma of q*, and the exact run's is not",
+        "- unstable: the exact run neither converges nor falls (a cycle), or the tail rises or bursts "
+        f"(10%-90% spread > {thresholds.burst_factor:g}x a noise floor's) beyond the tolerance",
+        f"- converged: tail excess <= reference + {thresholds.tol_per_dim:g} nats/dim "
+        "(reference: the exact run's tail excess if it converged, else 0)",
+        "- slow: still falling, or undecided while the exact run is still falling (budget too short)",
+        f"- undetermined: fewer than {thresholds.min_tail_rows} tail rows, or no significant trend with n_eff < {thresholds.min_effective_samples:g}",
+        "- stalled: none of the above (a stationary noise floor)",
         "",
         "## Cells",
         "",
@@ -138,7 +142,7 @@ def summary_markdown(
     view["exact tail KL"] = [_number(v) for v in shown["baseline_tail_kl"]]
     view["KL excess [bootstrap interval] (coverage)"] = [
         f"{_number(m)} [{_number(lo)}, {_number(hi)}] ({_percent(c)})"
-        for m, lo, hi, c in zip(shown["kl_excess_median"], shown["kl_excess_lo"], shown["kl_excess_hi"], shown["kl_excess_coverage"])
+        for m, lo, hi, c in zip(shown["excess_over_exact_median"], shown["excess_over_exact_lo"], shown["excess_over_exact_hi"], shown["excess_over_exact_coverage"])
     ]
     view["time to tol / exact"] = [_number(v) for v in shown["time_to_tol_ratio"]]
     lines += [_markdown_table(view), ""]
@@ -163,8 +167,9 @@ def write_report(
     thresholds: Thresholds | None = None,
     parallel: bool = True,
     helper: FigureHelper | None = None,
+    out: str | os.PathLike | None = None,
 ) -> Path:
-    """Classify the sweep in ``sweep_dir`` and write ``sweep_dir/report/``; return its path.
+    """Classify the sweep in ``sweep_dir`` and write ``sweep_dir/report/`` (or ``out``); return its path.
 
     Parameters
     ----------
@@ -184,6 +189,9 @@ def write_report(
         A figure helper started earlier (it imports matplotlib while the caller does something
         else, e.g. a sweep's start-up), used instead of starting one (unless ``parallel`` is
         false); closed here either way.
+    out
+        Where to write the report instead of ``sweep_dir/report`` (for a sweep you cannot write
+        to). It is replaced as a whole, atomically.
     """
     thresholds = thresholds or Thresholds()
     try:
@@ -198,7 +206,7 @@ def write_report(
     if helper is None and parallel:
         helper = start_helper(available_cores())  # it imports while the runs are classified
     try:
-        return _write_report(sweep, sweep_dir, cells, cache_baselines, thresholds, helper)
+        return _write_report(sweep, sweep_dir, cells, cache_baselines, thresholds, helper, Path(out) if out is not None else None)
     finally:
         if helper is not None:
             helper.close()
@@ -211,7 +219,43 @@ def _write_report(
     cache_baselines: bool,
     thresholds: Thresholds,
     helper: FigureHelper | None,
+    out: Path | None,
 ) -> Path:
+    final = out if out is not None else Path(sweep_dir) / REPORT_DIR
+    # The staging directory first: a report that cannot be written fails now, before any baseline is trained.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        os.chmod(staging, 0o777 & ~current_umask())
+        _fill_report(sweep, Path(sweep_dir), cells, cache_baselines and _can_cache(Path(sweep_dir)), thresholds, helper, staging)
+        _swap_in(staging, final)
+    except BaseException:
+        if helper is not None:  # it may still be writing into the staging directory
+            helper.close(kill=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _can_cache(sweep_dir: Path) -> bool:
+    """Whether computed baselines can be kept in ``sweep_dir/baselines/``; says once if not."""
+    where = sweep_dir / BASELINE_DIR
+    if os.access(where if where.exists() else sweep_dir, os.W_OK):
+        return True
+    warnings.warn(f"{where} is not writable: exact baselines are trained for this report and not kept", BaselineCacheWarning, stacklevel=2)
+    return False
+
+
+def _fill_report(
+    sweep: Sweep,
+    sweep_dir: Path,
+    cells: Sequence[Mapping[str, Any]] | None,
+    cache_baselines: bool,
+    thresholds: Thresholds,
+    helper: FigureHelper | None,
+    staging: Path,
+) -> None:
+    """Classify the sweep and write every file of its report into ``staging``."""
     references = exact_baselines(sweep, cache=cache_baselines)
     runs = classify(sweep, references, thresholds)
     keys = cell_keys(runs)
@@ -220,37 +264,25 @@ def _write_report(
     for cell in chosen:
         _check_cell(runs, cell)
 
-    sweep_dir = Path(sweep_dir)
-    final = sweep_dir / REPORT_DIR
-    staging = Path(tempfile.mkdtemp(prefix=".report.", dir=sweep_dir))
-    try:
-        os.chmod(staging, 0o777 & ~current_umask())
-        _write_csv(cells_table, staging / "phase_table.csv")
-        _write_csv(runs, staging / "runs.csv")
-        runs.attrs["cell_keys"] = keys
-        jobs: list[FigureJob] = []
-        for facet, sub in split_facets(cells_table, keys=keys):
-            suffix = _facet_suffix(facet)
-            facet_runs = select_rows(runs, facet)
-            for kind in ("phase_map", "kl_excess", "sigma"):
-                jobs.append(FigureJob(kind, str(staging / f"{kind}{suffix}"), (sub, facet_runs, facet)))
-        if chosen:
-            jobs.append(FigureJob("kl_curves", str(staging / "kl_curves"), (runs, sweep.trajectories, references.trajectories, chosen)))
-        # The helper takes jobs from the front, this process from the back: the KL curves (the
-        # slowest figure, ~0.4 s) go first, so the two ends carry about the same work.
-        draw_all(sorted(jobs, key=lambda job: job.kind != "kl_curves"), render_figure, helper)
-        figures = [Path(job.stem).name for job in jobs]
-        summary = summary_markdown(
-            sweep_dir.resolve().name, runs, cells_table, keys, references.baselines, thresholds, figures, sweep.skipped, sweep.unfinished
-        )
-        (staging / "summary.md").write_text(summary, encoding="utf-8")
-        _swap_in(staging, final)
-    except BaseException:
-        if helper is not None:  # it may still be writing into the staging directory
-            helper.close(kill=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return final
+    _write_csv(cells_table, staging / "phase_table.csv")
+    _write_csv(runs, staging / "runs.csv")
+    runs.attrs["cell_keys"] = keys
+    jobs: list[FigureJob] = []
+    for facet, sub in split_facets(cells_table, keys=keys):
+        suffix = _facet_suffix(facet)
+        facet_runs = select_rows(runs, facet)
+        for kind in ("phase_map", "excess_over_exact", "sigma"):
+            jobs.append(FigureJob(kind, str(staging / f"{kind}{suffix}"), (sub, facet_runs, facet)))
+    if chosen:
+        jobs.append(FigureJob("kl_curves", str(staging / "kl_curves"), (runs, sweep.trajectories, references.trajectories, chosen)))
+    # The helper takes jobs from the front, this process from the back: the KL curves (the
+    # slowest figure) go first, so the two ends carry about the same work.
+    draw_all(sorted(jobs, key=lambda job: job.kind != "kl_curves"), render_figure, helper)
+    figures = [Path(job.stem).name for job in jobs]
+    summary = summary_markdown(
+        sweep_dir.resolve().name, runs, cells_table, keys, references.baselines, thresholds, figures, sweep.skipped, sweep.unfinished
+    )
+    (staging / "summary.md").write_text(summary, encoding="utf-8")
 
 
 def _percent(value: float) -> str:
@@ -313,20 +345,23 @@ def _main(argv: Sequence[str] | None, helper: FigureHelper | None) -> int:
     parser.add_argument("sweep_dir", help="a sweep directory (hydra.sweep.dir of a multirun)")
     parser.add_argument("--cell", action="append", metavar="KEY=VALUE[,...]", help="a cell to draw KL curves for (repeatable), e.g. lr=0.05,num_mc=32")
     parser.add_argument("--no-cache", action="store_true", help="do not write computed exact baselines to SWEEP_DIR/baselines/")
+    parser.add_argument("--out", metavar="DIR", help="write the report to DIR instead of SWEEP_DIR/report (e.g. for a sweep you cannot write to)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SkippedFileWarning)
         warnings.simplefilter("always", BaselineCacheWarning)
         try:
             cells = [parse_cell(text) for text in args.cell] if args.cell else None
-            path = write_report(args.sweep_dir, cells=cells, cache_baselines=not args.no_cache, helper=helper)
+            path = write_report(args.sweep_dir, cells=cells, cache_baselines=not args.no_cache, helper=helper, out=args.out)
         except SweepError as err:
             _print_warnings(caught)
             print(f"vi_sweep: error: {err}", file=sys.stderr)
             return 2
         except OSError as err:  # e.g. a read-only sweep directory
             _print_warnings(caught)
-            print(f"vi_sweep: error: cannot write the report: {err}", file=sys.stderr)
+            where = err.filename or args.out or args.sweep_dir
+            hint = "" if args.out else "; write it elsewhere with --out DIR"
+            print(f"vi_sweep: error: cannot write the report in {where}: {err.strerror or err}{hint}", file=sys.stderr)
             return 1
     _print_warnings(caught)
     print(f"vi_sweep: report written to {path}")

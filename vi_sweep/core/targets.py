@@ -111,23 +111,32 @@ class GaussianTarget(NamedTuple):
         value = 0.5 * (jnp.sum(jnp.log1p(-c * inv_diag)) + jnp.log1p(self.shared * jnp.sum(inv_diag)))
         return jnp.maximum(value, 0.0)
 
-    def kl(self, mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
-        r"""KL(q || p) for :math:`q = \mathcal N(\mu, \operatorname{diag}(e^{2 s}))`, never negative.
+    def kl_excess(self, mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
+        r"""How far q is from the best mean-field q: :math:`\mathrm{KL}(q\,\|\,p) - \mathrm{KL}_{\text{floor}} \ge 0`.
 
         .. math::
-            \mathrm{KL} = \tfrac12 \sum_i f(2 s_i + \log P_{ii})
-                        + \tfrac12 (\mu - m)^\top P (\mu - m) + \mathrm{KL}_{\text{floor}},
-            \qquad f(x) = e^x - 1 - x,
+            \tfrac12 \sum_i f(2 s_i + \log P_{ii}) + \tfrac12 (\mu - m)^\top P (\mu - m),
+            \qquad f(x) = e^x - 1 - x \ge 0,
 
-        which equals :math:`\tfrac12[\operatorname{tr}(P S) + r^\top P r - d + \log\det\Sigma - \log\det S]`
-        term by term, but every term is a sum of non-negative parts, so float32 cannot make it
-        negative. For the standard normal it is the notebook's
-        :math:`\tfrac12\sum(\sigma^2 + \mu^2 - 2\log\sigma - 1)`.
+        a sum of non-negative parts (float32 cannot make it negative), zero exactly at the
+        mean-field optimum :meth:`meanfield_optimum`. It equals :math:`\mathrm{ELBO}(q^*) -
+        \mathrm{ELBO}(q)`, the meaning ``kl_excess`` has on every target.
         """
         x = 2.0 * log_sigma + self.log_precision_diag()
         spread = 0.5 * jnp.sum(expm1_minus_identity(x), axis=-1)
         location = 0.5 * jnp.maximum(self.quadratic(mu - self.mean), 0.0)
-        return spread + location + self.kl_floor()
+        return spread + location
+
+    def kl(self, mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
+        r"""KL(q || p) for :math:`q = \mathcal N(\mu, \operatorname{diag}(e^{2 s}))`, never negative:
+        :meth:`kl_excess` + :meth:`kl_floor`.
+
+        This equals :math:`\tfrac12[\operatorname{tr}(P S) + r^\top P r - d + \log\det\Sigma - \log\det S]`
+        term by term, but every term is a sum of non-negative parts, so float32 cannot make it
+        negative. For the standard normal it is the notebook's
+        :math:`\tfrac12\sum(\sigma^2 + \mu^2 - 2\log\sigma - 1)`.
+        """
+        return self.kl_excess(mu, log_sigma) + self.kl_floor()
 
     def meanfield_optimum(self) -> tuple[jax.Array, jax.Array]:
         r"""argmin KL(q || p) over mean-field q: :math:`\mu^* = m`, :math:`\sigma_i^{*2} = 1/P_{ii}`."""

@@ -10,7 +10,7 @@ One run is
         eps = draw(subkey, d)                          # (num_mc, d) normals
         loss_t, g = value_and_grad(loss)(params, eps, target)
         params = optimizer.update(g, ...)              # skipped once a non-finite value appears
-        if t == 1 or t % log_every == 0: log a row     # loss_t and the *updated* params
+        if t in (1, steps) or t % log_every == 0 or t is a tail probe:  # a row: loss_t, the *updated* params
 
 written as a ``lax.scan`` over logged rows around a loop over the steps between them (one
 step body, traced and compiled once), so metrics cost nothing on unlogged steps and there is no
@@ -35,7 +35,9 @@ and reports ``loss = nan`` afterwards. A sweep never crashes on NaN.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+import typing
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -44,8 +46,9 @@ import numpy as np
 import optax
 
 from vi_sweep.core.objectives import Params, make_objective
-from vi_sweep.core.optimizers import make_optimizer
-from vi_sweep.core.targets import GaussianTarget, make_target
+from vi_sweep.core.schedule import logged_steps, row_steps, tail_start  # noqa: F401 - re-exported: the rows a run has
+from vi_sweep.core.optimizers import OPTIMIZERS, make_optimizer
+from vi_sweep.core.targets import TARGETS, GaussianTarget, make_target
 
 
 class TrainSpec(NamedTuple):
@@ -91,10 +94,13 @@ class StepInfo(NamedTuple):
 
 
 class Rows(NamedTuple):
-    """One logged row per entry of :func:`logged_steps`; the parquet columns."""
+    """One row per entry of :func:`row_steps`; the parquet columns."""
 
+    step: jax.Array  # int32: the step the row describes (the state after it)
+    probe: jax.Array  # bool: a tail probe (see row_steps), not one of the notebook's logged rows
     loss: jax.Array
-    kl: jax.Array
+    kl: jax.Array  # KL(q || p)
+    kl_excess: jax.Array  # KL(q || p) - min over mean-field q of KL(q || p) = ELBO(q*) - ELBO(q), >= 0
     mu_norm: jax.Array
     mean_error: jax.Array  # ||mu - target mean||
     sigma_mean: jax.Array
@@ -105,17 +111,9 @@ class Rows(NamedTuple):
     diverged: jax.Array  # bool: a non-finite value has occurred at or before this row's step
 
 
-def logged_steps(steps: int, log_every: int) -> np.ndarray:
-    """The notebook's logged steps: t = 1 and every multiple of ``log_every`` up to ``steps``."""
-    multiples = np.arange(log_every, steps + 1, log_every)
-    return np.unique(np.concatenate([[1], multiples])).astype(np.int64)
-
-
-def _gaps(steps: int, log_every: int) -> np.ndarray:
-    """Steps to take before each logged row, then the unlogged tail: ``[1, log_every - 1,
-    log_every, ..., steps - last logged step]`` (the tail may be 0)."""
-    logged = logged_steps(steps, log_every)
-    return np.diff(np.concatenate([[0], logged, [steps]])).astype(np.int32)
+def _gaps(steps: np.ndarray) -> np.ndarray:
+    """Steps to take before each row: the differences of the row steps."""
+    return np.diff(np.concatenate([[0], steps])).astype(np.int32)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -133,7 +131,8 @@ def make_train(spec: TrainSpec):
     objective = make_objective(spec.objective, estimator=spec.estimator, num_mc=spec.num_mc)
     static_opt = dict(spec.optimizer_static)
     clip_on = static_opt.pop("clip", False)
-    gaps = _gaps(spec.steps, spec.log_every)
+    steps, probes = row_steps(spec.steps, spec.log_every)
+    gaps = _gaps(steps)
 
     def build(hyper: Hyper) -> tuple[optax.GradientTransformation, GaussianTarget]:
         opt_hyper = dict(hyper.optimizer)
@@ -187,12 +186,15 @@ def make_train(spec: TrainSpec):
             )
             return new_state, StepInfo(loss=jnp.where(alive, loss, jnp.nan), grads=grads)
 
-        def row(state: TrainState, info: StepInfo) -> Rows:
+        def row(state: TrainState, info: StepInfo, probe: jax.Array) -> Rows:
             mu, log_sigma = state.params
             sigma = jnp.exp(log_sigma)
             return Rows(
+                step=state.step,
+                probe=probe,
                 loss=info.loss,
                 kl=target.kl(mu, log_sigma),
+                kl_excess=target.kl_excess(mu, log_sigma),
                 mu_norm=jnp.linalg.norm(mu),
                 mean_error=jnp.linalg.norm(mu - target.mean),
                 sigma_mean=jnp.mean(sigma),
@@ -203,17 +205,17 @@ def make_train(spec: TrainSpec):
                 diverged=state.diverged_at > 0,
             )
 
-        def advance(carry: tuple[TrainState, StepInfo], gap: jax.Array) -> tuple[tuple[TrainState, StepInfo], Rows]:
+        def advance(carry: tuple[TrainState, StepInfo], xs: tuple[jax.Array, jax.Array]) -> tuple[tuple[TrainState, StepInfo], Rows]:
             """``gap`` steps, then the row they end on. The step body is traced once: the gap is
             a traced loop bound, and the last step's :class:`StepInfo` is carried, not stacked."""
+            gap, probe = xs
             state, info = jax.lax.fori_loop(0, gap, lambda _, c: step(c[0]), carry)
-            return (state, info), row(state, info)
+            return (state, info), row(state, info, probe)
 
         state = init(hyper)
         blank = StepInfo(loss=jnp.zeros(()), grads=jax.tree_util.tree_map(jnp.zeros_like, state.params))
-        (state, _), rows = jax.lax.scan(advance, (state, blank), gaps)
-        # The scan's last row ends the unlogged tail (after the last logged step): not a row.
-        return state, jax.tree_util.tree_map(lambda x: x[:-1], rows)
+        (state, _), rows = jax.lax.scan(advance, (state, blank), (gaps, probes))
+        return state, rows
 
     train.init = init  # type: ignore[attr-defined]
     return train
@@ -236,6 +238,40 @@ def jitted_batch_train(spec: TrainSpec):
 # ---------------------------------------------------------------------------------------------
 
 _SPEC_KEYS = ("objective", "estimator", "num_mc", "optimizer", "target", "d", "steps", "log_every")
+
+RUN_FIELD_TYPES = {
+    "objective": str,
+    "estimator": str,
+    "optimizer": str,
+    "target": str,
+    "lr": float,
+    "num_mc": int,
+    "seed": int,
+    "d": int,
+    "steps": int,
+    "init_log_sigma": float,
+    "log_every": int,
+    "optimizer_grad_clip": float,
+}
+"""The fields every run has, and their types (``optimizer_grad_clip`` may be None: no clipping)."""
+
+
+def field_types() -> dict[str, type]:
+    """Every flat field any run can have, with its type: :data:`RUN_FIELD_TYPES` and each
+    optimizer's and target's keyword hyperparameters (``optimizer_b1``, ``target_rho`` ...).
+
+    A run has only its own optimizer's and target's hyperparameters; the others are missing from
+    its fields. Files that store every field with its type (nulls for the missing ones) read as
+    one table whatever mix of optimizers and targets a sweep holds.
+    """
+    types = dict(RUN_FIELD_TYPES)
+    for group, registry, positional in (("optimizer", OPTIMIZERS, "lr"), ("target", TARGETS, "d")):
+        for builder in registry.values():
+            hints = typing.get_type_hints(builder)
+            for name, parameter in inspect.signature(builder).parameters.items():
+                if name != positional:
+                    types.setdefault(f"{group}_{name}", hints.get(name, type(parameter.default)))
+    return types
 
 
 def split_fields(fields: Mapping[str, Any]) -> tuple[TrainSpec, dict[str, Any]]:
@@ -293,8 +329,6 @@ def as_hyper(traced: Mapping[str, Any] | list[Mapping[str, Any]]) -> Hyper:
 
 
 def train_one(spec: TrainSpec, traced: Mapping[str, Any]) -> tuple[TrainState, dict[str, np.ndarray]]:
-    """Train one run; return the final state and its rows as numpy arrays (with ``step``)."""
+    """Train one run; return the final state and its rows as numpy arrays."""
     state, rows = jitted_train(spec)(as_hyper(traced))
-    out = {"step": logged_steps(spec.steps, spec.log_every)}
-    out.update({name: np.asarray(value) for name, value in rows._asdict().items()})
-    return state, out
+    return state, {name: np.asarray(value) for name, value in rows._asdict().items()}

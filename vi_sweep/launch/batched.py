@@ -35,6 +35,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -48,11 +49,13 @@ from omegaconf import DictConfig, open_dict
 
 from vi_sweep.launch.compose import TemplateComposer
 from vi_sweep.launch.config import ConfigError
-from vi_sweep.launch.devices import CompileCounts, count_compiles, init_jax, quiet_jax_logs, start_batch, to_numpy
+from vi_sweep.launch.history import HISTORY_DIR, sweep_history_entries
+from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
-from vi_sweep.launch.resume import completed_summary, resumed_return
+from vi_sweep.launch.resume import Placement, SweepContents, describe_unreadable, resumed_return, run_key, scan_sweep
+from vi_sweep.launch.sweep_plan import BYTES_PER_FLOAT, SizeError, bytes_per_run, check_fits, plan_sweep
 from vi_sweep.launch.task import finish_job, job_fields, job_scenario
 
 log = logging.getLogger(__name__)
@@ -62,11 +65,13 @@ class SweepJob:
     """One job of the sweep. Its composed config is not kept (about 100 kB each): it is composed
     again, from a template, when the job is written."""
 
-    num: int  # hydra.job.num
+    num: int  # hydra.job.num (a new number if its own directory held another config's run)
     overrides: Sequence[str]
     fields: dict[str, Any]
+    scenario: str
     out_dir: Path
-    resumed: Optional[JobReturn] = None  # set if its metrics.parquet is already complete
+    resumed: Optional[JobReturn] = None  # set if its run is already finished in the sweep directory
+    relocated_from: Optional[Path] = None  # its own directory, if that held another config's run
 
 
 @contextlib.contextmanager
@@ -94,14 +99,18 @@ def launch(
     started = time.perf_counter()
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
     try:
         options.check()
-        jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, resume=options.resume)
+        contents = scan_sweep(sweep_dir)
+        jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, contents, resume=options.resume)
     except (ConfigError, LauncherOptionError) as err:
         _fail_before_writing(sweep_dir, err)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log.info("Launching %d jobs in batches (vi_sweep batched launcher); composed in %.1f s", len(jobs), time.perf_counter() - started)
+    claimed = {job.out_dir for job in jobs if job.resumed is None}
+    for line in describe_unreadable(contents.unreadable, sweep_dir, recomputed=claimed):
+        print(line, file=sys.stderr, flush=True)
 
     returns = {position: job.resumed for position, job in enumerate(jobs) if job.resumed is not None}
     todo = [position for position in range(len(jobs)) if position not in returns]
@@ -115,16 +124,29 @@ def launch(
     if todo or twins:
         try:
             counters, groups = _compute_and_write(hydra_context, config, jobs, todo, twins, returns, options)
-        except LauncherOptionError as err:  # raised before any job is written (no submitit executor here)
+        except (LauncherOptionError, SizeError) as err:  # raised before any job is written
             _fail_before_writing(sweep_dir, err)
+        except KeyboardInterrupt:
+            _stop(130, f"interrupted: {len(returns)} of {len(jobs)} runs written; rerun the same command to resume")
+        except OSError as err:  # a full disk, a directory that went read-only: the atomic writers left no partial file
+            where = err.filename or sweep_dir
+            _stop(1, f"cannot write {where}: {err.strerror or err}; {len(returns)} of {len(jobs)} runs written; rerun the same command to resume")
     elapsed = time.perf_counter() - started
+    relocated = sum(job.relocated_from is not None for job in jobs)
+    moved = f"; {relocated} computed into new job dirs (their own held other configs' runs)" if relocated else ""
     also = f"; and {len(twins)} exact baselines for the report" if twins else ""
     print(
         f"vi_sweep: {len(jobs)} jobs ({len(todo)} computed, {len(jobs) - len(todo)} resumed) in {groups} groups, "
-        f"{counters.compiled} compiles, {elapsed:.1f} s{also}",
+        f"{counters.compiled} compiles, {elapsed:.1f} s{moved}{also}",
         flush=True,
     )
     return [returns[position] for position in range(len(jobs))]
+
+
+def _stop(code: int, message: str) -> NoReturn:
+    """One line on stderr, then exit with ``code`` (the runs written so far stay: they are whole files)."""
+    print(f"vi_sweep: {'error: ' if code == 1 else ''}{message}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def _fail_before_writing(sweep_dir: Path, err: Exception) -> NoReturn:
@@ -144,32 +166,55 @@ def compose_jobs(
     config: DictConfig,
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
+    contents: SweepContents,
     *,
     resume: bool,
 ) -> list[SweepJob]:
-    """Compose and validate every job (raises :class:`ConfigError` on the first invalid one).
+    """Compose and validate every job (raises :class:`ConfigError` on the first invalid one), and
+    place it (:mod:`vi_sweep.launch.resume`).
 
-    With ``resume``, a job whose ``metrics.parquet`` is complete and records the same fields gets
-    its COMPLETED :class:`JobReturn` here, while its config is at hand.
+    With ``resume``, a job whose run is already finished somewhere in the sweep directory
+    (``contents``) gets its COMPLETED :class:`JobReturn` here, while its config is at hand. Any
+    other job gets its own job directory, or a new job number if that directory holds a finished
+    run of another config.
     """
+    numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
+    placement = Placement(contents)
     jobs = []
-    for offset, overrides in enumerate(job_overrides):
-        num = initial_job_idx + offset
+    for num, overrides in zip(numbers, job_overrides):
         cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
-        with _as_current_hydra_config(cfg):  # interpolations such as ${hydra:job.num} read it
-            task_values = {key: to_plain(cfg[key]) for key in cfg if key != "hydra"}
-            out_dir = Path(os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir))))
+        task_values, out_dir = _task_values_and_dir(cfg)
         try:
             fields = job_fields(task_values)
         except ConfigError as err:
             raise ConfigError(f"{err} (job {num}: {' '.join(filter_overrides(overrides))})") from None
-        job = SweepJob(num, list(overrides), fields, out_dir)
-        if resume:
-            summary = completed_summary(job.out_dir, job.fields)
-            if summary is not None:
-                job.resumed = resumed_return(cfg, summary)
+        scenario = job_scenario(cfg)
+        job = SweepJob(num, list(overrides), fields, scenario, out_dir)
+        key = run_key(fields, scenario)
+        found = contents.finished.get(key) if resume else None
+        if found is not None:
+            job.out_dir = found.out_dir
+            job.resumed = resumed_return(cfg, found.summary)
+        elif not placement.is_free(out_dir, key):
+            job.num = placement.next_number()
+            _, job.out_dir = _task_values_and_dir(compose_job(hydra_context, config, overrides, job.num, scratch=True))
+            if not placement.is_free(job.out_dir, key):
+                raise ConfigError(
+                    f"job {num} ({' '.join(filter_overrides(overrides))}): its directory {out_dir} holds a finished run of "
+                    f"another config, and hydra.sweep.subdir gives every job number that directory; choose a new hydra.sweep.dir"
+                )
+            job.relocated_from = out_dir
+        placement.claim(job.out_dir)
         jobs.append(job)
     return jobs
+
+
+def _task_values_and_dir(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
+    """The job's task config as plain values, and its job directory (``hydra.sweep.dir``/``subdir``, absolute)."""
+    with _as_current_hydra_config(cfg):  # interpolations such as ${hydra:job.num} read it
+        task_values = {key: to_plain(cfg[key]) for key in cfg if key != "hydra"}
+        out_dir = Path(os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir))))
+    return task_values, out_dir
 
 
 def compose_job(
@@ -206,10 +251,13 @@ def _as_current_hydra_config(cfg: DictConfig):
 
 
 def _abandon_fresh_sweep_dir(sweep_dir: Path) -> None:
-    """Remove a sweep dir that the sweeper created for this rejected sweep (only ``multirun.yaml`` in it)."""
-    if sweep_dir.is_dir() and [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
-        (sweep_dir / "multirun.yaml").unlink()
-        sweep_dir.rmdir()
+    """Remove a sweep dir that was created for this rejected sweep: it holds nothing but Hydra's
+    ``multirun.yaml`` and the history this sweep began (:class:`vi_sweep.launch.callbacks.SweepHistory`)."""
+    if not sweep_dir.is_dir() or not {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", HISTORY_DIR}:
+        return
+    if (sweep_dir / HISTORY_DIR).exists() and sweep_history_entries(sweep_dir) > 1:
+        return  # an earlier sweep was started here
+    shutil.rmtree(sweep_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,15 +289,21 @@ def _compute_and_write(
         cwd=cwd,
     )
     from vi_sweep.core.trainer import split_fields
-    from vi_sweep.launch.sweep_plan import plan_sweep
     from vi_sweep.store.baselines import baseline_key, baseline_table, cache_file, write_baseline
 
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))  # jobs may chdir; this must not move
     # The twins come last: planned as jobs len(todo), len(todo) + 1, ..., their group after the jobs' groups,
     # so they never delay the first call (their program is traced while the jobs train).
+    split = [split_fields(jobs[position].fields) for position in todo] + [split_fields(twin) for twin in twins]
+    available = _memory_for_a_batch(options, devices)
+    budget = options.max_batch_floats
+    if available is not None:
+        _check_one_run_fits(jobs, todo, split, available)
+        # Every chunk in flight holds its working set at once: together they must fit too.
+        budget = min(budget, available // (BYTES_PER_FLOAT * (CHUNKS_IN_FLIGHT + 1)))
     plan = plan_sweep(
-        [split_fields(jobs[position].fields) for position in todo] + [split_fields(twin) for twin in twins],
-        max_batch_floats=options.max_batch_floats,
+        split,
+        max_batch_floats=budget,
         max_runs_per_call=options.max_runs_per_call,
         multiple_of=1 if on_submitit else len(devices),
     )
@@ -310,6 +364,27 @@ def _compute_and_write(
     return counters, len(plan.groups)
 
 
+def _memory_for_a_batch(options: BatchedLauncherConf, devices: Sequence[Any]) -> Optional[int]:
+    """Bytes one compiled call may use: a submitit task's ``mem_gb``, else the device's (or the host's) memory."""
+    if options.engine == "submitit":
+        return None if options.mem_gb is None else int(options.mem_gb * 2**30)
+    return device_memory_bytes(devices)
+
+
+def _check_one_run_fits(jobs: list[SweepJob], todo: list[int], split: list, available: int) -> None:
+    """Raise :class:`SizeError` naming the largest run if a single run cannot fit in ``available`` bytes."""
+    if not split:
+        return
+    largest = max(range(len(split)), key=lambda i: bytes_per_run(split[i][0]))
+    spec = split[largest][0]
+    if largest < len(todo):
+        job = jobs[todo[largest]]
+        name = f"job {job.num} ({' '.join(filter_overrides(job.overrides)) or 'the primary config'})"
+    else:
+        name = f"an exact baseline (d={spec.d}, steps={spec.steps})"
+    check_fits(spec, available, name)
+
+
 # Chunks dispatched but not yet written. XLA computes them in order on its own threads while this
 # thread writes job directories; with two queued behind the one being written, a chunk whose jobs
 # take longer to write than the next chunk takes to compute does not leave the devices idle.
@@ -350,22 +425,31 @@ def dispatch(chunk, plan, devices) -> tuple:
 
 def _chunk_rows(chunk, diverged_at, columns):
     """Yield ``(slot, rows, diverged_at)`` for a chunk's real (unpadded) runs from its numpy results."""
-    from vi_sweep.core.trainer import logged_steps
-
-    steps = logged_steps(chunk.spec.steps, chunk.spec.log_every)
     for slot in range(chunk.real):
-        yield slot, {"step": steps, **{name: values[slot] for name, values in columns.items()}}, int(diverged_at[slot])
+        yield slot, {name: values[slot] for name, values in columns.items()}, int(diverged_at[slot])
 
 
 def write_job(hydra_context: HydraContext, config: DictConfig, job: SweepJob, rows: dict, diverged_at: int) -> JobReturn:
     """Write one job's directory as Hydra's ``run_job`` would (:func:`vi_sweep.launch.job_dirs.write_job_dir`,
-    its config composed again), with a task that writes its precomputed rows."""
+    its config composed again), with a task that writes its precomputed rows.
+
+    A file that cannot be written (a full disk) stops the sweep: ``run_job`` would record it as a
+    failed job and go on failing job after job, so the :class:`OSError` is raised here instead.
+    """
+    failed_write: list[OSError] = []
 
     def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
         _quiet_console()
-        return finish_job(job.out_dir, task_cfg, job.fields, job_scenario(task_cfg), rows, diverged_at, echo=False)
+        try:
+            return finish_job(job.out_dir, task_cfg, job.fields, job.scenario, rows, diverged_at, echo=False)
+        except OSError as err:
+            failed_write.append(err)
+            raise
 
-    return write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows)
+    ret = write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows)
+    if failed_write:
+        raise failed_write[0]
+    return ret
 
 
 def _quiet_console() -> None:

@@ -1,9 +1,10 @@
 """Hydra callbacks. Picklable (submitit ships them to workers), light at import (no JAX, no matplotlib).
 
-- :class:`OutputDirGuard` fails early, in one line, when the output directory cannot be written:
-  Hydra creates the run (or sweep) directory itself and reports an ``OSError`` there with a
-  stack trace; this callback creates it first, at ``on_run_start``/``on_multirun_start``, and
-  turns a failure into one line naming the directory, exit code 2, before anything is computed.
+- :class:`StartGuard` fails early, in one line, on what can be known before anything is
+  written: bad values and too-large runs (``run``), an output directory that cannot be written
+  (Hydra creates it itself and reports an ``OSError`` with a stack trace; this callback creates
+  it first and turns a failure into one line naming the directory, exit code 2), and records a
+  multirun in the sweep directory's history.
 - :class:`SweepSummary` says where a multirun was written and writes its report.
 """
 
@@ -37,14 +38,42 @@ def ensure_writable_dir(path: str | Path, what: str) -> None:
         sys.exit(2)
 
 
-class OutputDirGuard(Callback):
-    """Checks ``hydra.run.dir`` (run) or ``hydra.sweep.dir`` (multirun) before any job starts."""
+class StartGuard(Callback):
+    """What can be checked before anything is written, checked then: one line and exit 2 instead.
+
+    ``run``: the composed config's values (:func:`vi_sweep.launch.config.validate`) and whether
+    the run fits in this machine's memory, before Hydra creates the run directory; then that
+    ``hydra.run.dir`` can be written. ``multirun``: ``hydra.sweep.dir`` can be written (each job's
+    values and size are checked by the batched launcher before it writes), and the sweep
+    directory's history records this multirun (:mod:`vi_sweep.launch.history`).
+    """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vi_sweep.core.trainer import split_fields
+        from vi_sweep.host import available_memory_bytes
+        from vi_sweep.launch.config import ConfigError
+        from vi_sweep.launch.plain import to_plain
+        from vi_sweep.launch.sweep_plan import SizeError, check_fits
+        from vi_sweep.launch.task import job_fields
+
+        try:
+            spec, _ = split_fields(job_fields({key: to_plain(config[key]) for key in config if key != "hydra"}))
+            check_fits(spec, available_memory_bytes(), "this run")
+        except (ConfigError, SizeError) as err:
+            print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
         ensure_writable_dir(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vi_sweep.launch.history import record_start
+
         ensure_writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
+        record_start(
+            Path(config.hydra.sweep.dir),
+            overrides=list(config.hydra.overrides.task),
+            launcher=str(config.hydra.runtime.choices.get("hydra/launcher", "")),
+            argv=sys.argv[1:],
+        )
 
 
 class SweepSummary(Callback):

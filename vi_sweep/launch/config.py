@@ -197,6 +197,7 @@ def _nonnegative_float(value: Any) -> bool:
 
 
 MAX_SEED = 2**31 - 1  # seeds are traced as int32
+MAX_STEPS = 2**31 - 1  # the trainer counts steps in int32 (TrainState.step, diverged_at)
 MAX_ABS_LOG_SIGMA = 40.0  # exp(2 * 40) ~ 5.5e34 is still a float32; sigma^2 at 45 is not
 
 
@@ -211,8 +212,8 @@ RULES: dict[str, Rule] = {
     "num_mc": Rule(_int_at_least(1), "an integer >= 1"),
     "seed": Rule(lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
     "d": Rule(_int_at_least(1), "an integer >= 1"),
-    "steps": Rule(_int_at_least(1), "an integer >= 1"),
-    "log_every": Rule(_int_at_least(1), "an integer >= 1"),
+    "steps": Rule(lambda v: _is_int(v) and 1 <= v <= MAX_STEPS, f"an integer in [1, {MAX_STEPS}]"),
+    "log_every": Rule(lambda v: _is_int(v) and 1 <= v <= MAX_STEPS, f"an integer in [1, {MAX_STEPS}]"),
     "init_log_sigma": Rule(
         lambda v: _finite_float(v) and abs(v) <= MAX_ABS_LOG_SIGMA, f"a number in [-{MAX_ABS_LOG_SIGMA:g}, {MAX_ABS_LOG_SIGMA:g}]"
     ),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from vi_sweep.host import available_cores
+from vi_sweep.host import available_cores, available_memory_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,15 @@ def init_jax(
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return jax.local_devices() if shard else jax.local_devices()[:1]
+
+
+def device_memory_bytes(devices: Sequence[Any]) -> Optional[int]:
+    """Memory one of ``devices`` can give a batch: its own (a GPU's ``bytes_limit``) or, for CPU
+    devices, the host's available memory shared by all of them; None if unknown."""
+    if not devices or devices[0].platform == "cpu":
+        return available_memory_bytes()
+    stats = devices[0].memory_stats() or {}
+    return stats.get("bytes_limit")
 
 
 def start_batch(spec, traced: Sequence[dict], devices) -> tuple:

@@ -1,40 +1,159 @@
-"""Resume: which jobs of a sweep are already on disk, and the Hydra result that stands for them.
+"""Resume and extension, keyed by each run's config: what a sweep directory already holds, and where a new run goes.
 
-A job is finished when its ``<job dir>/metrics.parquet`` is complete and records the job's own
-flat fields (:func:`vi_sweep.store.metrics.read_fields`); such a job is not recomputed and not
-rewritten, and the launcher returns a COMPLETED :class:`~hydra.core.utils.JobReturn` for it.
+A sweep directory is a set of finished runs, each in its own job directory, each known by its
+**run key** (:func:`run_key`: its flat fields and its scenario). Rerunning a multirun into the
+same ``hydra.sweep.dir`` -- the same command, or one with more lr values, seeds or num_mc, or
+another grid altogether -- therefore
+
+- skips every job whose run key is already finished *anywhere* in the directory (whatever job
+  number it had then): it is not recomputed and not rewritten;
+- computes the others, each into its own job directory (Hydra's ``hydra.sweep.subdir``) unless
+  that directory holds a finished run of *another* config: then the job gets the next free job
+  number instead (:class:`Placement`), so no finished run is ever overwritten;
+- recomputes a job whose file is there but unreadable (truncated, damaged, written by another
+  file format), naming the file in one line.
+
+A finished run is a ``metrics.parquet`` that :func:`vi_sweep.store.metrics.read_run_file` reads
+whole, every page checked.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from vi_sweep.store.metrics import METRICS_FILE, read_fields
+from vi_sweep.store.metrics import METRICS_FILE, RunFile, UnreadableRun, read_run_file, status_of
+
+SKIPPED_DIRS = ("baselines", "report")  # sweep-level folders that hold no jobs (and hidden ones: .submitit, .vi_sweep)
+READ_THREADS = 8  # pyarrow reads without the GIL
 
 
-def completed_summary(out_dir: Path, fields: Mapping[str, Any]) -> Optional[dict[str, Any]]:
-    """The summary of ``out_dir``'s finished ``metrics.parquet`` if it records ``fields``, else None."""
-    path = Path(out_dir) / METRICS_FILE
-    if not path.exists():
-        return None
-    if read_fields(path) != json.loads(json.dumps(dict(fields))):
-        return None
-    import pyarrow.parquet as pq
+def run_key(fields: Mapping[str, Any], scenario: str) -> str:
+    """What makes two runs the same run: their flat fields and their scenario, as canonical JSON."""
+    return json.dumps({"fields": dict(fields), "scenario": scenario}, sort_keys=True)
 
-    table = pq.read_table(path, columns=["kl", "diverged_at"])
-    diverged_at = table.column("diverged_at")[-1].as_py() or 0
+
+def summary_of(run: RunFile, path: Path) -> dict[str, Any]:
+    """A job's small result (its Hydra return value): status, non-finite step, final KL, file."""
+    diverged_at = int(run.table.column("diverged_at")[0].as_py() or 0)
     return {
-        "status": "diverged" if diverged_at else "ok",
-        "diverged_at": int(diverged_at),
-        "final_kl": float(table.column("kl")[-1].as_py()),
+        "status": status_of(diverged_at),
+        "diverged_at": diverged_at,
+        "final_kl": float(run.table.column("kl")[-1].as_py()),
         "metrics": str(path),
     }
+
+
+class FinishedRun(NamedTuple):
+    out_dir: Path
+    key: str
+    summary: dict[str, Any]
+
+
+class SweepContents(NamedTuple):
+    """The job directories of a sweep directory, as found on disk."""
+
+    finished: dict[str, FinishedRun]  # run key -> the finished run (the first found, in path order)
+    key_in: dict[Path, str]  # job directory -> the run key of the finished run it holds
+    unreadable: tuple[tuple[Path, str], ...]  # (file, one-line reason): there, but not a finished run
+    job_numbers: frozenset[int]  # names of the job directories that are integers (Hydra's default subdir)
+
+
+EMPTY_SWEEP = SweepContents({}, {}, (), frozenset())
+
+
+def read_finished(path: Path) -> FinishedRun:
+    """The finished run in ``path`` (a ``metrics.parquet``); raises :class:`UnreadableRun`."""
+    run = read_run_file(path)
+    scenario = str(run.table.column("scenario")[0].as_py())
+    return FinishedRun(path.parent, run_key(run.fields, scenario), summary_of(run, path))
+
+
+def job_files(sweep_dir: Path) -> list[Path]:
+    """Every job's ``metrics.parquet`` under ``sweep_dir`` (any depth of ``hydra.sweep.subdir``), sorted."""
+    found = []
+    for root, dirs, files in os.walk(sweep_dir):
+        if Path(root) == sweep_dir:
+            dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if METRICS_FILE in files:
+            found.append(Path(root) / METRICS_FILE)
+    return sorted(found)
+
+
+def scan_sweep(sweep_dir: Path) -> SweepContents:
+    """Read every job's file in ``sweep_dir`` (whole, in a thread pool)."""
+    sweep_dir = Path(sweep_dir)
+    files = job_files(sweep_dir) if sweep_dir.is_dir() else []
+
+    def attempt(path: Path) -> FinishedRun | str:
+        try:
+            return read_finished(path)
+        except UnreadableRun as err:
+            return str(err)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(files)))) as pool:
+        results = list(pool.map(attempt, files))
+    finished: dict[str, FinishedRun] = {}
+    key_in: dict[Path, str] = {}
+    unreadable = []
+    for path, result in zip(files, results):
+        if isinstance(result, str):
+            unreadable.append((path, result))
+            continue
+        finished.setdefault(result.key, result)
+        key_in[path.parent] = result.key
+    numbers = {int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()} if sweep_dir.is_dir() else set()
+    return SweepContents(finished, key_in, tuple(unreadable), frozenset(numbers))
+
+
+class Placement:
+    """Job directories for the runs one launch computes: Hydra's own where it is free, else the next free number.
+
+    A directory is free for a run if it holds no finished run of another config and no other
+    job of this launch has claimed it. A job whose directory is not free asks
+    :meth:`next_number` for a job number no directory of the sweep has, and its directory is
+    composed from that number.
+    """
+
+    def __init__(self, contents: SweepContents) -> None:
+        self._key_in = dict(contents.key_in)
+        self._claimed: set[Path] = set()
+        self._next = max([-1, *contents.job_numbers]) + 1
+
+    def is_free(self, out_dir: Path, key: str) -> bool:
+        return out_dir not in self._claimed and self._key_in.get(out_dir, key) == key
+
+    def claim(self, out_dir: Path) -> None:
+        self._claimed.add(out_dir)
+        if out_dir.name.isdigit():
+            self._next = max(self._next, int(out_dir.name) + 1)
+
+    def next_number(self) -> int:
+        """A job number above every numbered job directory of the sweep and of this launch."""
+        number = self._next
+        self._next += 1
+        return number
+
+
+def describe_unreadable(unreadable: Iterable[tuple[Path, str]], sweep_dir: Path, *, recomputed: Iterable[Path] = (), limit: int = 5) -> list[str]:
+    """One warning line per unreadable file (at most ``limit``, then a count): recomputed if its
+    directory is in ``recomputed`` (a job of this sweep writes there), else left as it is."""
+    again = set(recomputed)
+    items = list(unreadable)
+    lines = []
+    for path, reason in items[:limit]:
+        fate = "recomputed" if Path(path).parent in again else "no job of this sweep writes there, left as it is"
+        lines.append(f"vi_sweep: warning: {path} is unreadable ({reason}); {fate}")
+    if len(items) > limit:
+        lines.append(f"vi_sweep: warning: and {len(items) - limit} more unreadable metrics.parquet files under {sweep_dir}")
+    return lines
 
 
 def resumed_return(cfg: DictConfig, summary: dict[str, Any]) -> JobReturn:
@@ -49,3 +168,12 @@ def resumed_return(cfg: DictConfig, summary: dict[str, Any]) -> JobReturn:
     )
     ret.return_value = summary
     return ret
+
+
+def finished_in(out_dir: Path) -> Optional[FinishedRun]:
+    """The finished run in ``out_dir``, or None if there is none; raises :class:`UnreadableRun`
+    for a file that is there but unreadable."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.exists():
+        return None
+    return read_finished(path)

@@ -21,13 +21,15 @@ from __future__ import annotations
 import math
 from typing import Any, Hashable, Mapping, NamedTuple, Optional, Sequence
 
+from vi_sweep.core.schedule import max_rows
+
 # Float32 values one run keeps alive per element of its (num_mc, d) draw and per coordinate:
 # the draw, z and their cotangents, and the next step's draw carried in and out of the loop
 # (6 per draw element); mu, log_sigma, their gradients, the
 # optimizer's moments and the where-selected copies of the divergence guard (16 per coordinate).
 FLOATS_PER_DRAW = 6
 FLOATS_PER_COORDINATE = 16
-ROW_COLUMNS = 10  # fields of vi_sweep.core.trainer.Rows
+ROW_COLUMNS = 11  # fields of vi_sweep.core.trainer.Rows
 
 
 class Computation(NamedTuple):
@@ -73,11 +75,37 @@ def _freeze(value: Any) -> Hashable:
 def floats_per_run(spec: Any) -> int:
     """A float32 count proportional to one run's working set inside a batched call.
 
-    ``6 * num_mc * d + 16 * d + 10 * rows``: see :data:`FLOATS_PER_DRAW` and
+    ``6 * num_mc * d + 16 * d + 11 * rows`` (rows: at most :func:`vi_sweep.core.schedule.max_rows`): see :data:`FLOATS_PER_DRAW` and
     :data:`FLOATS_PER_COORDINATE`. An estimate for budgeting, not an exact allocation count.
     """
-    rows = spec.steps // spec.log_every + 1
+    rows = max_rows(spec.steps, spec.log_every)
     return FLOATS_PER_DRAW * spec.num_mc * spec.d + FLOATS_PER_COORDINATE * spec.d + ROW_COLUMNS * rows
+
+
+BYTES_PER_FLOAT = 4  # float32
+
+
+class SizeError(ValueError):
+    """A run too large for the memory it would run in; the message is one line naming it."""
+
+
+def bytes_per_run(spec: Any) -> int:
+    """The working-set estimate of one run (:func:`floats_per_run`) in bytes."""
+    return BYTES_PER_FLOAT * floats_per_run(spec)
+
+
+def check_fits(spec: Any, available_bytes: Optional[int], name: str) -> None:
+    """Raise :class:`SizeError` naming the run (``name``) if one run of ``spec`` needs more than ``available_bytes``."""
+    need = bytes_per_run(spec)
+    if available_bytes is None or need <= available_bytes:
+        return
+    from vi_sweep.host import format_bytes
+
+    rows = max_rows(spec.steps, spec.log_every)
+    raise SizeError(
+        f"{name} needs about {format_bytes(need)} of memory (d={spec.d}, num_mc={spec.num_mc}, up to {rows} rows), "
+        f"more than the {format_bytes(available_bytes)} available here"
+    )
 
 
 def chunk_size(

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vi_sweep.launch.config import ConfigError, run_fields, validate
 from vi_sweep.launch.devices import quiet_jax_logs
+from vi_sweep.launch.resume import finished_in, run_key
+from vi_sweep.store.metrics import METRICS_FILE, UnreadableRun, metrics_table, status_of, write_metrics
 
 log = logging.getLogger("vi_sweep")
 
@@ -59,21 +61,19 @@ def finish_job(
     echo: bool = True,
 ) -> dict[str, Any]:
     """Write the job's parquet atomically, optionally print its rows; return a small summary."""
-    from vi_sweep.store.metrics import metrics_table, write_metrics
-
     table = metrics_table(rows, fields, diverged_at, scenario)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved = {k: v for k, v in resolved.items() if k != "hydra"}  # type: ignore[union-attr]
     resolved["scenario"] = scenario
     path = write_metrics(out_dir, table, resolved_config=resolved, fields=fields)
-    if echo:
-        for i in range(len(rows["step"])):
+    if echo:  # the logged rows, as the notebook printed them (tail probes are in the file only)
+        for i in np.flatnonzero(~np.asarray(rows["probe"], bool)):
             print(format_row(rows, i))
         if diverged_at:
-            print(f"diverged at step {diverged_at}: parameters frozen at their last finite values")
+            print(f"non-finite at step {diverged_at}: updates stopped there, parameters kept at their last finite values")
     log.info("wrote %s", path)
     return {
-        "status": "diverged" if diverged_at else "ok",
+        "status": status_of(diverged_at),
         "diverged_at": int(diverged_at),
         "final_kl": float(rows["kl"][-1]),
         "metrics": str(path),
@@ -81,7 +81,14 @@ def finish_job(
 
 
 def task(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra task function: validate, train once (jitted, cached per shape), write parquet."""
+    """Hydra task function: validate, train once (jitted, cached per shape), write parquet.
+
+    Under a launcher that places jobs by number (Hydra's basic launcher, submitit), a job whose
+    directory already holds its finished run is not recomputed (a rerun resumes), and a job whose
+    directory holds another config's finished run stops the sweep with one line instead of
+    overwriting it (:mod:`vi_sweep.launch.resume`; the batched launcher places such jobs in new
+    directories instead).
+    """
     from hydra.core.hydra_config import HydraConfig
 
     quiet_jax_logs()
@@ -92,11 +99,28 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     except ConfigError as err:
         print(f"vi_sweep: error: {err}", file=sys.stderr)
         sys.exit(2)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    scenario = job_scenario(cfg)
+    try:
+        existing = finished_in(out_dir)
+    except UnreadableRun as err:
+        print(f"vi_sweep: warning: {out_dir / METRICS_FILE} is unreadable ({err}); recomputed", file=sys.stderr)
+        existing = None
+    if existing is not None:
+        if existing.key == run_key(fields, scenario):
+            log.info("%s already holds this run: resumed, not recomputed", out_dir)
+            return existing.summary
+        launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "this launcher")
+        print(
+            f"vi_sweep: error: {out_dir} already holds a finished run of another config; hydra/launcher={launcher} places "
+            "jobs by number and would overwrite it: extend this sweep with the batched launcher (the default) or choose a new hydra.sweep.dir",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     spec, traced = split_fields(fields)
     state, rows = train_one(spec, traced)
-    out_dir = HydraConfig.get().runtime.output_dir
     try:
-        return finish_job(out_dir, cfg, fields, job_scenario(cfg), rows, int(state.diverged_at))
+        return finish_job(out_dir, cfg, fields, scenario, rows, int(state.diverged_at))
     except OSError as err:  # disk full, permissions: the atomic writer left nothing behind
-        print(f"vi_sweep: error: cannot write {out_dir}/metrics.parquet: {err.strerror or err}", file=sys.stderr)
+        print(f"vi_sweep: error: cannot write {out_dir}/{METRICS_FILE}: {err.strerror or err}", file=sys.stderr)
         sys.exit(1)
