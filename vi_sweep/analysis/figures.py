@@ -241,7 +241,7 @@ def phase_map(cells: pd.DataFrame, *, facet: Mapping[str, Any] | None = None, ov
         if facet:
             ax.set_title(facet_title(facet))
         handles = [Patch(facecolor=OUTCOME_COLOURS[o], label=o) for o in OUTCOMES]
-        fig.legend(handles=handles, loc="lower center", ncol=len(OUTCOMES), frameon=False, handlelength=1.0, columnspacing=0.9, bbox_to_anchor=(0.5, 1.0))
+        fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False, handlelength=1.0, columnspacing=0.9, bbox_to_anchor=(0.5, 1.0))  # two rows: one column wide
         _run_overlays(overlays, Panel(ax, cells, dict(facet or {}), _categorical_position(lrs, log=True), _categorical_position(mcs, log=True)))
         fig.tight_layout()
     return fig
