@@ -99,7 +99,8 @@ def part_notebook(steps: int, seeds: int) -> dict:
 
 
 def part_compute(steps: int, seeds: int, devices: int) -> dict:
-    """The floor (keys + normals only) and the trainer's batched calls alone, on ``devices`` CPU devices."""
+    """The floors (keys + normals only; per run, and once per shared stream) and the trainer's
+    batched calls alone (as the launcher lays them out, and with a draw per run), on ``devices`` CPU devices."""
     sys.path.insert(0, str(REPO))
     from vi_sweep.launch.devices import prefer_cpu_vector_width
     from vi_sweep.launch.options import BatchedLauncherConf
@@ -118,10 +119,12 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
     mesh_devices = jax.local_devices()
     sharding = NamedSharding(Mesh(mesh_devices, ("runs",)), PartitionSpec("runs"))
     runs = len(LRS) * seeds
-    pad = -runs % len(mesh_devices)
+
+    def padded_to_devices(n: int) -> int:
+        return n + (-n % len(mesh_devices))
 
     def floor_program(num_mc: int):
-        def one_run(seed):
+        def one_stream(seed):
             def step(carry, _):
                 key, total = carry
                 key, subkey = jax.random.split(key)
@@ -131,22 +134,23 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
             (_, total), _ = jax.lax.scan(step, (jax.random.key(seed), jnp.zeros(())), None, length=steps)
             return total
 
-        return jax.jit(jax.vmap(one_run))
+        return jax.jit(jax.vmap(one_stream))
 
-    def timed(fn, args) -> tuple[float, float]:
+    def timed(fn, *args) -> tuple[float, float]:
         """(first call: compile + run, best of 3 further calls: run)."""
-        runs = []
+        times = []
         for _ in range(4):
             started = time.perf_counter()
-            jax.block_until_ready(fn(args))
-            runs.append(time.perf_counter() - started)
-        return runs[0], min(runs[1:])
+            jax.block_until_ready(fn(*args))
+            times.append(time.perf_counter() - started)
+        return times[0], min(times[1:])
 
-    out = {"devices": len(mesh_devices), "floor": {}, "compute": {}}
+    out = {"devices": len(mesh_devices), "floor": {}, "floor_shared": {}, "compute": {}, "compute_per_run": {}}
     for num_mc in NUM_MCS:
-        seeds_arg = jax.device_put(np.arange(runs + pad, dtype=np.int32), sharding)
-        first, again = timed(floor_program(num_mc), seeds_arg)
-        out["floor"][num_mc] = {"compile_s": first - again, "run_s": again}
+        for name, streams in (("floor", runs), ("floor_shared", seeds)):  # a draw per run; a draw per seed
+            seeds_arg = jax.device_put(np.arange(padded_to_devices(streams), dtype=np.int32), sharding)
+            first, again = timed(floor_program(num_mc), seeds_arg)
+            out[name][num_mc] = {"compile_s": first - again, "run_s": again}
 
         fields = [
             dict(
@@ -157,12 +161,33 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
             for lr in LRS
             for seed in range(seeds)
         ]
-        fields += fields[-1:] * pad
         spec = split_fields(fields[0])[0]
-        hyper = jax.device_put(as_hyper([split_fields(f)[1] for f in fields]), sharding)
+        per_run = fields + fields[-1:] * (padded_to_devices(runs) - runs)
+        hyper = jax.device_put(as_hyper([split_fields(f)[1] for f in per_run]), sharding)
         first, again = timed(jax.jit(jax.vmap(make_train(spec))), hyper)
-        out["compute"][num_mc] = {"compile_s": first - again, "run_s": again}
+        out["compute_per_run"][num_mc] = {"compile_s": first - again, "run_s": again}
+        if (REPO / "vi_sweep" / "launch" / "sweep_plan.py").exists():  # this checkout's launcher layout
+            out["compute"][num_mc] = _time_launcher_calls(fields, mesh_devices, timed)
+        else:
+            out["compute"][num_mc] = out["compute_per_run"][num_mc]
     return out
+
+
+def _time_launcher_calls(fields: list[dict], devices, timed) -> dict:
+    """The batched launcher's own calls for ``fields``: planned (streams, chunks) and started as it does."""
+    from vi_sweep.core.trainer import split_fields
+    from vi_sweep.launch.devices import start_batch
+    from vi_sweep.launch.options import BatchedLauncherConf
+    from vi_sweep.launch.sweep_plan import plan_sweep
+
+    plan = plan_sweep([split_fields(f) for f in fields], max_batch_floats=BatchedLauncherConf.max_batch_floats, multiple_of=len(devices))
+
+    def all_chunks():
+        return [start_batch(c.spec, [plan.computations[i].traced for i in c.computations], devices, c.runs_per_stream) for c in plan.chunks]
+
+    first, again = timed(all_chunks)
+    layout = ", ".join(f"{c.streams} streams x {c.runs_per_stream} runs" for c in plan.chunks)
+    return {"compile_s": first - again, "run_s": again, "layout": layout}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,9 +289,12 @@ def main(argv: list[str] | None = None) -> int:
 
         compute = child("compute", "--steps", str(args.steps), "--seeds", str(args.seeds), "--devices", str(cores))
         floor_s = sum(part["run_s"] for part in compute["floor"].values())
-        train_s = sum(part["run_s"] for part in compute["compute"].values())
-        rows.append(("   batched training calls alone (compiled)", train_s, compute["peak_rss_mib"]))
-        rows.append(("4. floor: split keys + draw normals (compiled)", floor_s, compute["peak_rss_mib"]))
+        seconds = {key: sum(part["run_s"] for part in compute[key].values()) for key in ("compute", "compute_per_run", "floor_shared")}
+        rows.append(("   batched training calls alone (compiled, the launcher's shared streams)", seconds["compute"], compute["peak_rss_mib"]))
+        rows.append(("   the same with a draw per run", seconds["compute_per_run"], compute["peak_rss_mib"]))
+        rows.append(("4. floor: split keys + draw normals, per run (compiled)", floor_s, compute["peak_rss_mib"]))
+        rows.append(("   floor, once per shared stream (seed)", seconds["floor_shared"], compute["peak_rss_mib"]))
+        notes.append("launcher layout per num_mc: " + "; ".join(f"{m}: {part.get('layout', 'per run')}" for m, part in compute["compute"].items()))
         notes.append(
             "compile s per num_mc (trainer / floor): "
             + ", ".join(f"{m}: {compute['compute'][m]['compile_s']:.1f} / {compute['floor'][m]['compile_s']:.1f}" for m in compute["floor"])

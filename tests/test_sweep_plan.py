@@ -6,7 +6,7 @@ import pytest
 
 from vi_sweep.core.schedule import row_steps
 
-from vi_sweep.launch.sweep_plan import chunk_size, floats_per_run, plan_sweep
+from vi_sweep.launch.sweep_plan import chunk_size, floats_per_run, plan_sweep, runs_per_stream
 from vi_sweep.core.trainer import split_fields
 from tests.sweeps import flat_fields
 
@@ -75,3 +75,33 @@ def test_floats_per_run_counts_draws_coordinates_and_rows():
 )
 def test_chunk_size(n, per_run, budget, cap, devices, expected):
     assert chunk_size(n, per_run, max_batch_floats=budget, max_runs_per_call=cap, multiple_of=devices) == expected
+
+
+def test_runs_with_one_seed_share_a_stream_and_streams_are_sharded():
+    grid = [fields(seed=s, lr=lr) for s in range(5) for lr in (0.01, 0.03, 0.1, 0.3)]
+    plan = plan_sweep(jobs(*grid), max_batch_floats=10**9, multiple_of=2)
+    (chunk,) = plan.chunks
+    assert chunk.runs_per_stream == 4 and chunk.streams == 6  # 5 seeds, padded to a multiple of 2 devices
+    layout = [plan.computations[i].traced["seed"] for i in chunk.computations]
+    assert layout == [s for s in (0, 1, 2, 3, 4, 4) for _ in range(4)]  # stream by stream
+    assert chunk.padding == (False,) * 20 + (True,) * 4 and chunk.real == 20
+    assert sorted(i for i, pad in zip(chunk.computations, chunk.padding) if not pad) == list(range(20))
+
+
+def test_exact_runs_draw_nothing_and_are_laid_out_one_per_stream():
+    grid = [fields(objective="exact", lr=lr) for lr in (0.01, 0.03, 0.1)]
+    (chunk,) = plan_sweep(jobs(*grid), max_batch_floats=10**9, multiple_of=2).chunks
+    assert chunk.runs_per_stream == 1 and chunk.size == 4 and chunk.real == 3
+
+
+def test_stream_pieces_fit_the_budget_and_pad_least():
+    # One seed, 12 lr values, a budget of 4 runs a call, 2 devices: pieces of 2 runs, 2 pieces a call.
+    grid = [fields(seed=0, lr=0.01 * (k + 1)) for k in range(12)]
+    spec = split_fields(grid[0])[0]
+    plan = plan_sweep(jobs(*grid), max_batch_floats=4 * floats_per_run(spec), multiple_of=2)
+    assert {c.size for c in plan.chunks} == {4} and all(c.streams % 2 == 0 for c in plan.chunks)
+    assert sum(c.real for c in plan.chunks) == 12
+    assert runs_per_stream([6, 6, 6, 6], capacity=100, multiple_of=2, draw_weight=1.0) == 6  # 4 streams on 2 devices
+    assert runs_per_stream([6, 6, 6], capacity=100, multiple_of=2, draw_weight=1.0) == 3  # 3 on 2: halves pad less than a whole stream
+    assert runs_per_stream([1] * 10, capacity=100, multiple_of=2, draw_weight=1.0) == 1
+    assert runs_per_stream([6], capacity=100, multiple_of=2, draw_weight=1.0) == 3  # one stream of 6 on 2 devices: 2 pieces of 3

@@ -172,3 +172,18 @@ def test_the_mc_draw_is_the_notebooks_draw_bit_for_bit(num_mc, d, partitionable)
         notebook = jax.vmap(lambda key: jax.random.normal(key, (num_mc, d)))(keys)
     assert ours.shape == (5, num_mc, d)
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(notebook))
+
+
+@pytest.mark.parametrize("estimator", ["reparam", "stl", "score"])
+def test_runs_sharing_a_stream_get_the_numbers_of_runs_drawing_their_own_bit_for_bit(estimator):
+    from vi_sweep.core.trainer import jitted_stream_train
+
+    runs = [fields(d=20, steps=120, log_every=40, num_mc=4, lr=lr, seed=s, estimator=estimator) for s in (0, 1, 2) for lr in (1e-3, 1e-2, 1e-1, 50.0)]
+    spec = split_fields(runs[0])[0]
+    hyper = as_hyper([split_fields(f)[1] for f in runs])
+    state, rows = jitted_batch_train(spec)(hyper)  # each run splits and draws its own stream
+    shared_state, shared = jitted_stream_train(spec)(jax.tree_util.tree_map(lambda x: x.reshape(3, 4), hyper))  # 3 seeds x 4 lr
+    for name, each, once in zip(rows._fields, rows, shared):
+        np.testing.assert_array_equal(np.asarray(once).reshape(np.shape(each)), np.asarray(each), err_msg=name)
+    np.testing.assert_array_equal(np.asarray(shared_state.diverged_at).ravel(), np.asarray(state.diverged_at))
+    assert np.asarray(state.diverged_at)[3::4].all() and not np.asarray(state.diverged_at)[0::4].any()  # lr = 50 blows up, 1e-3 does not

@@ -38,7 +38,7 @@ import functools
 import inspect
 import math
 import typing
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -126,13 +126,22 @@ def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-def make_train(spec: TrainSpec):
-    """Bind the static spec; return ``train(hyper) -> (TrainState, Rows)`` (pure, jit/vmap-able)."""
+class _Parts(NamedTuple):
+    """The pieces of one spec's training, shared by the one-run and the shared-stream drivers."""
+
+    init_run: Callable  # hyper -> TrainState without its stream (key and noise left empty)
+    draw_next: Callable  # key -> (key, next step's noise): one split of the stream
+    step: Callable  # (hyper, state, noise) -> (state, StepInfo): one step of one run on a given draw
+    row: Callable  # (hyper, state, info, probe) -> Rows
+    gaps: np.ndarray
+    probes: np.ndarray
+
+
+def _parts(spec: TrainSpec) -> _Parts:
     objective = make_objective(spec.objective, estimator=spec.estimator, num_mc=spec.num_mc)
     static_opt = dict(spec.optimizer_static)
     clip_on = static_opt.pop("clip", False)
     steps, probes = row_steps(spec.steps, spec.log_every)
-    gaps = _gaps(steps)
 
     def build(hyper: Hyper) -> tuple[optax.GradientTransformation, GaussianTarget]:
         opt_hyper = dict(hyper.optimizer)
@@ -144,80 +153,134 @@ def make_train(spec: TrainSpec):
         return optimizer, target
 
     def draw_next(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """One split of the stream: (the key to carry on, the noise of the next step)."""
         key, subkey = jax.random.split(key)
         return key, objective.draw(subkey, spec.d)
 
-    def init(hyper: Hyper) -> TrainState:
+    def init_run(hyper: Hyper) -> TrainState:
         optimizer, _ = build(hyper)
         mu = jnp.zeros((spec.d,))
         log_sigma = jnp.ones((spec.d,)) * hyper.init_log_sigma
         params = Params(mu, log_sigma)
-        key, noise = draw_next(jax.random.key(hyper.seed))  # step 1's draw
         return TrainState(
             params=params,
             opt_state=optimizer.init(params),
-            key=key,
-            noise=noise,
+            key=None,
+            noise=None,
             step=jnp.zeros((), jnp.int32),
             diverged_at=jnp.zeros((), jnp.int32),
         )
 
-    def train(hyper: Hyper) -> tuple[TrainState, Rows]:
+    def step(hyper: Hyper, state: TrainState, noise: jax.Array) -> tuple[TrainState, StepInfo]:
         optimizer, target = build(hyper)
+        loss, grads = jax.value_and_grad(objective.loss)(state.params, noise, target)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        t = state.step + 1
+        finite = _all_finite((loss, grads, params))
+        alive = state.diverged_at == 0
+        apply = alive & finite
+        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(apply, n, o), new, old)  # noqa: E731
+        new_state = TrainState(
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            key=None,
+            noise=None,
+            step=t,
+            diverged_at=jnp.where(alive & ~finite, t, state.diverged_at),
+        )
+        return new_state, StepInfo(loss=jnp.where(alive, loss, jnp.nan), grads=grads)
 
-        def step(state: TrainState) -> tuple[TrainState, StepInfo]:
-            loss, grads = jax.value_and_grad(objective.loss)(state.params, state.noise, target)
-            key, noise = draw_next(state.key)
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
-            t = state.step + 1
-            finite = _all_finite((loss, grads, params))
-            alive = state.diverged_at == 0
-            apply = alive & finite
-            keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(apply, n, o), new, old)  # noqa: E731
-            new_state = TrainState(
-                params=keep(params, state.params),
-                opt_state=keep(opt_state, state.opt_state),
-                key=key,
-                noise=noise,
-                step=t,
-                diverged_at=jnp.where(alive & ~finite, t, state.diverged_at),
-            )
-            return new_state, StepInfo(loss=jnp.where(alive, loss, jnp.nan), grads=grads)
+    def row(hyper: Hyper, state: TrainState, info: StepInfo, probe: jax.Array) -> Rows:
+        _, target = build(hyper)
+        mu, log_sigma = state.params
+        sigma = jnp.exp(log_sigma)
+        return Rows(
+            step=state.step,
+            probe=probe,
+            loss=info.loss,
+            kl=target.kl(mu, log_sigma),
+            kl_excess=target.kl_excess(mu, log_sigma),
+            mu_norm=jnp.linalg.norm(mu),
+            mean_error=jnp.linalg.norm(mu - target.mean),
+            sigma_mean=jnp.mean(sigma),
+            sigma_std=jnp.std(sigma),
+            sigma_min=jnp.min(sigma),
+            sigma_max=jnp.max(sigma),
+            grad_norm=_global_norm(info.grads),
+            diverged=state.diverged_at > 0,
+        )
 
-        def row(state: TrainState, info: StepInfo, probe: jax.Array) -> Rows:
-            mu, log_sigma = state.params
-            sigma = jnp.exp(log_sigma)
-            return Rows(
-                step=state.step,
-                probe=probe,
-                loss=info.loss,
-                kl=target.kl(mu, log_sigma),
-                kl_excess=target.kl_excess(mu, log_sigma),
-                mu_norm=jnp.linalg.norm(mu),
-                mean_error=jnp.linalg.norm(mu - target.mean),
-                sigma_mean=jnp.mean(sigma),
-                sigma_std=jnp.std(sigma),
-                sigma_min=jnp.min(sigma),
-                sigma_max=jnp.max(sigma),
-                grad_norm=_global_norm(info.grads),
-                diverged=state.diverged_at > 0,
-            )
+    return _Parts(init_run, draw_next, step, row, _gaps(steps), probes)
 
-        def advance(carry: tuple[TrainState, StepInfo], xs: tuple[jax.Array, jax.Array]) -> tuple[tuple[TrainState, StepInfo], Rows]:
-            """``gap`` steps, then the row they end on. The step body is traced once: the gap is
-            a traced loop bound, and the last step's :class:`StepInfo` is carried, not stacked."""
-            gap, probe = xs
-            state, info = jax.lax.fori_loop(0, gap, lambda _, c: step(c[0]), carry)
-            return (state, info), row(state, info, probe)
 
-        state = init(hyper)
+def _scan_rows(parts: _Parts, runs: TrainState, key: jax.Array, step_runs: Callable, row_runs: Callable, blank: StepInfo):
+    """The scan over rows shared by both drivers: ``gap`` steps (a loop over one traced step
+    body; the last step's :class:`StepInfo` is carried, not stacked), then the row they end on.
+    The stream -- ``key`` and the next step's noise -- is carried beside the runs: step t+1's
+    noise is drawn during step t, so XLA computes the normals once, not inside each fusion that
+    reads them."""
+    key, noise = parts.draw_next(key)  # step 1's draw
+
+    def one_step(_, carry):
+        runs, key, noise, _ = carry
+        runs, info = step_runs(runs, noise)
+        key, noise = parts.draw_next(key)
+        return runs, key, noise, info
+
+    def advance(carry, xs):
+        gap, probe = xs
+        carry = jax.lax.fori_loop(0, gap, one_step, carry)
+        runs, _, _, info = carry
+        return carry, row_runs(runs, info, probe)
+
+    (runs, key, noise, _), rows = jax.lax.scan(advance, (runs, key, noise, blank), (parts.gaps, parts.probes))
+    return runs._replace(key=key, noise=noise), rows
+
+
+def make_train(spec: TrainSpec):
+    """Bind the static spec; return ``train(hyper) -> (TrainState, Rows)`` for one run (pure, jit/vmap-able)."""
+    parts = _parts(spec)
+
+    def train(hyper: Hyper) -> tuple[TrainState, Rows]:
+        state = parts.init_run(hyper)
         blank = StepInfo(loss=jnp.zeros(()), grads=jax.tree_util.tree_map(jnp.zeros_like, state.params))
-        (state, _), rows = jax.lax.scan(advance, (state, blank), (gaps, probes))
-        return state, rows
+        return _scan_rows(
+            parts,
+            state,
+            jax.random.key(hyper.seed),
+            lambda run, noise: parts.step(hyper, run, noise),
+            lambda run, info, probe: parts.row(hyper, run, info, probe),
+            blank,
+        )
 
-    train.init = init  # type: ignore[attr-defined]
+    return train
+
+
+def make_stream_train(spec: TrainSpec):
+    """Bind the static spec; return ``train(hypers) -> (TrainState, Rows)`` for the runs of one stream.
+
+    ``hypers`` has a leading axis of R runs that share their noise stream (the same seed, and the
+    spec fixes ``num_mc`` and the draw's shape): the stream is split and drawn once per step and
+    broadcast to the R runs, whose steps are vmapped. Each run's numbers are those of
+    :func:`make_train` on its own, bit for bit: the stream depends on the seed alone. The returned
+    state's run fields have the leading axis R; its key and noise are the stream's.
+    """
+    parts = _parts(spec)
+    over_runs = functools.partial(jax.vmap, in_axes=(0, 0, None))
+
+    def train(hypers: Hyper) -> tuple[TrainState, Rows]:
+        runs = jax.vmap(parts.init_run)(hypers)
+        blank = StepInfo(loss=jnp.zeros(hypers.lr.shape), grads=jax.tree_util.tree_map(jnp.zeros_like, runs.params))
+        state, rows = _scan_rows(
+            parts,
+            runs,
+            jax.random.key(hypers.seed[0]),
+            lambda runs, noise: over_runs(parts.step)(hypers, runs, noise),
+            lambda runs, info, probe: jax.vmap(parts.row, in_axes=(0, 0, 0, None))(hypers, runs, info, probe),
+            blank,
+        )
+        return state, jax.tree_util.tree_map(lambda column: jnp.swapaxes(column, 0, 1), rows)  # (rows, runs) -> (runs, rows)
+
     return train
 
 
@@ -229,8 +292,15 @@ def jitted_train(spec: TrainSpec):
 
 @functools.lru_cache(maxsize=None)
 def jitted_batch_train(spec: TrainSpec):
-    """``jit(vmap(make_train(spec)))``: a batch of runs with one spec as one program."""
+    """``jit(vmap(make_train(spec)))``: a batch of runs with one spec as one program, each drawing its own noise."""
     return jax.jit(jax.vmap(make_train(spec)))
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_stream_train(spec: TrainSpec):
+    """``jit(vmap(make_stream_train(spec)))``: streams x runs-per-stream as one program; each
+    stream's noise drawn once for its runs. ``hypers`` leaves have the shape ``(streams, runs)``."""
+    return jax.jit(jax.vmap(make_stream_train(spec)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -420,13 +420,15 @@ def _run_here(plan, devices, counters: CompileCounts, write_chunk: Callable[[int
 
 def dispatch(chunk, plan, devices) -> tuple:
     """Start one chunk (compiling on first use); returns ``(state, rows)`` futures."""
-    return start_batch(chunk.spec, [plan.computations[position].traced for position in chunk.computations], devices)
+    traced = [plan.computations[position].traced for position in chunk.computations]
+    return start_batch(chunk.spec, traced, devices, chunk.runs_per_stream)
 
 
 def _chunk_rows(chunk, diverged_at, columns):
-    """Yield ``(slot, rows, diverged_at)`` for a chunk's real (unpadded) runs from its numpy results."""
-    for slot in range(chunk.real):
-        yield slot, {name: values[slot] for name, values in columns.items()}, int(diverged_at[slot])
+    """Yield ``(slot, rows, diverged_at)`` for a chunk's real (not padding) runs from its numpy results."""
+    for slot, padding in enumerate(chunk.padding):
+        if not padding:
+            yield slot, {name: values[slot] for name, values in columns.items()}, int(diverged_at[slot])
 
 
 def write_job(hydra_context: HydraContext, config: DictConfig, job: SweepJob, rows: dict, diverged_at: int) -> JobReturn:

@@ -81,16 +81,19 @@ def make_executor(folder: str, cluster: str, parameters: Mapping[str, Any]):
     return executor
 
 
-def padded(traced: Sequence[Mapping[str, Any]], multiple: int) -> list[Mapping[str, Any]]:
-    """``traced`` with its last entry repeated up to a multiple of ``multiple`` (for sharding)."""
-    size = multiple * math.ceil(len(traced) / multiple)
-    return list(traced) + [traced[-1]] * (size - len(traced))
+def padded(traced: Sequence[Mapping[str, Any]], multiple: int, runs_per_stream: int = 1) -> list[Mapping[str, Any]]:
+    """``traced`` (streams of ``runs_per_stream`` runs, stream by stream) with its last stream
+    repeated until the number of streams is a multiple of ``multiple`` (for sharding)."""
+    streams = len(traced) // runs_per_stream
+    missing = multiple * math.ceil(streams / multiple) - streams
+    return list(traced) + list(traced[-runs_per_stream:]) * missing
 
 
 def train_chunk(
     spec_values: tuple,
     traced: Sequence[Mapping[str, Any]],
     *,
+    runs_per_stream: int = 1,
     cpu_devices: Optional[int] = None,
     cpu_vector_width: Optional[int] = None,
     shard: bool = True,
@@ -103,7 +106,10 @@ def train_chunk(
     spec_values
         ``tuple(TrainSpec)``: the static fields, rebuilt here into a :class:`~vi_sweep.core.trainer.TrainSpec`.
     traced
-        One plain dict of traced values per run (``split_fields``'s second half).
+        One plain dict of traced values per run (``split_fields``'s second half), stream by
+        stream (:class:`vi_sweep.launch.sweep_plan.Chunk`).
+    runs_per_stream
+        The runs of each stream: they share its noise, drawn once.
     cpu_devices, cpu_vector_width, shard, compilation_cache_dir
         As ``hydra.launcher.*``; the cache dir is absolute (the launcher resolves it), so jobs on a
         shared filesystem reuse each other's compiled programs.
@@ -128,7 +134,7 @@ def train_chunk(
     stop_counting = count_compiles(counters)
     try:
         spec = TrainSpec(*spec_values)
-        diverged_at, rows = to_numpy(start_batch(spec, padded(traced, len(devices)), devices))
+        diverged_at, rows = to_numpy(start_batch(spec, padded(traced, len(devices), runs_per_stream), devices, runs_per_stream))
     finally:
         stop_counting()
     real = len(traced)
@@ -159,7 +165,8 @@ def run_on_submitit(plan, options: BatchedLauncherConf, cwd: Path, write_chunk: 
             executor.submit(
                 train_chunk,
                 tuple(chunk.spec),
-                [dict(plan.computations[position].traced) for position in chunk.computations[: chunk.real]],
+                [dict(plan.computations[position].traced) for position in chunk.computations],
+                runs_per_stream=chunk.runs_per_stream,
                 cpu_devices=options.cpu_devices,
                 cpu_vector_width=options.cpu_vector_width,
                 shard=options.shard,

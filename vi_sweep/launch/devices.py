@@ -90,27 +90,31 @@ def device_memory_bytes(devices: Sequence[Any]) -> Optional[int]:
     return stats.get("bytes_limit")
 
 
-def start_batch(spec, traced: Sequence[dict], devices) -> tuple:
-    """Start ``jitted_batch_train(spec)`` on ``traced`` (its length a multiple of the device count),
-    the batch axis sharded over ``devices``; returns ``(state, rows)`` futures."""
+def start_batch(spec, traced: Sequence[dict], devices, runs_per_stream: int = 1) -> tuple:
+    """Start ``jitted_stream_train(spec)`` on ``traced``: streams of ``runs_per_stream`` runs each,
+    laid out stream by stream (their number a multiple of the device count), the stream axis
+    sharded over ``devices``. Returns ``(state, rows)`` futures."""
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from vi_sweep.core.trainer import as_hyper, jitted_batch_train
+    from vi_sweep.core.trainer import as_hyper, jitted_stream_train
 
-    hyper = as_hyper(list(traced))
+    streams = len(traced) // runs_per_stream
+    hyper = jax.tree_util.tree_map(lambda leaf: leaf.reshape(streams, runs_per_stream), as_hyper(list(traced)))
     if len(devices) > 1:
-        sharding = NamedSharding(Mesh(devices, ("runs",)), PartitionSpec("runs"))
+        sharding = NamedSharding(Mesh(devices, ("streams",)), PartitionSpec("streams"))
         hyper = jax.device_put(hyper, sharding)
-    return jitted_batch_train(spec)(hyper)
+    return jitted_stream_train(spec)(hyper)
 
 
 def to_numpy(outputs) -> tuple:
-    """Block on ``(state, rows)`` futures; return ``(diverged_at, {column: array})`` as numpy."""
+    """Block on ``(state, rows)`` futures of :func:`start_batch`; return ``(diverged_at, {column: array})``
+    as numpy, one entry per run in the order they were given."""
     import numpy as np
 
     state, rows = outputs
-    return np.asarray(state.diverged_at), {name: np.asarray(value) for name, value in rows._asdict().items()}
+    flat = lambda value: np.asarray(value).reshape(-1, *np.shape(value)[2:])  # noqa: E731 - (streams, runs, ...) -> (runs, ...)
+    return flat(state.diverged_at), {name: flat(value) for name, value in rows._asdict().items()}
 
 
 @dataclass

@@ -8,10 +8,16 @@ Three levels, from jobs to calls:
    closed-form KL never reads the key, and ``split_fields`` already drops ``num_mc`` and
    ``estimator``), so ``objective=exact`` jobs that differ only in seed, ``num_mc`` or
    ``estimator`` are computed once and their rows written to each job.
-2. **Groups.** Computations with one spec run in one ``jit(vmap(train))`` program.
-3. **Chunks.** A group larger than the memory budget is cut into equal chunks; the last one is
-   padded by repeating a run so every chunk has the same batch shape and the program compiles
-   once. A chunk is also padded to a multiple of the device count so it can be sharded.
+2. **Groups.** Computations with one spec run in one compiled program.
+3. **Streams.** Within a group, MC runs with the same seed draw the same noise (the stream
+   depends on the seed, num_mc and the draw's shape only, and the spec fixes the last two): they
+   are laid out as streams x runs-per-stream, the noise drawn once per stream and step and
+   broadcast to its runs (:func:`vi_sweep.core.trainer.make_stream_train`), with the same bits
+   as each run drawing its own. :func:`runs_per_stream` picks the layout that pads least.
+4. **Chunks.** A group larger than the memory budget is cut into equal chunks of whole stream
+   pieces; the last one is padded by repeating a piece, so every chunk has the same shape and
+   the program compiles once. A chunk's streams are also padded to a multiple of the device
+   count so they can be sharded.
 
 Pure Python: no JAX, no Hydra (the trainer's specs are only read).
 """
@@ -41,15 +47,27 @@ class Computation(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    """One compiled call: ``computations`` (positions in :attr:`Plan.computations`), padded."""
+    """One compiled call: ``streams x runs_per_stream`` computations (positions in
+    :attr:`Plan.computations`), stream by stream. ``padding`` marks the entries that only fill the
+    shape (a repeat of a real one)."""
 
     spec: Any
     computations: tuple[int, ...]
-    real: int  # the first ``real`` entries are distinct work; the rest repeat the last one
+    padding: tuple[bool, ...]
+    runs_per_stream: int
 
     @property
     def size(self) -> int:
         return len(self.computations)
+
+    @property
+    def streams(self) -> int:
+        return self.size // self.runs_per_stream
+
+    @property
+    def real(self) -> int:
+        """Entries that are distinct work."""
+        return self.size - sum(self.padding)
 
 
 class Plan(NamedTuple):
@@ -136,6 +154,37 @@ def _round_up(n: int, multiple: int) -> int:
     return multiple * math.ceil(n / multiple)
 
 
+def stream_key(spec: Any, traced: Mapping[str, Any]) -> Hashable:
+    """The noise stream a computation draws from: its seed for the MC objective; none for the
+    exact objective, which draws nothing (each exact computation is its own stream)."""
+    return traced["seed"] if spec.num_mc > 0 else None
+
+
+def runs_per_stream(stream_sizes: Sequence[int], *, capacity: int, multiple_of: int, draw_weight: float) -> int:
+    """The runs per stream piece that make a group cheapest.
+
+    A group's streams (``stream_sizes`` computations each) are cut into pieces of R runs, padded
+    to R; pieces are laid out ``capacity // R`` to a call, their count padded to a multiple of
+    ``multiple_of`` (R is at most ``capacity // multiple_of``, so a call stays within the budget). The cost of a layout is its padded run slots plus ``draw_weight`` per piece
+    (a piece draws its stream's noise once per step); the cheapest R wins, the larger on a tie.
+    """
+    best, best_cost = 1, math.inf
+    for r in range(1, max(stream_sizes) + 1):
+        if r > 1 and r * multiple_of > capacity:  # a call of one piece per device would break the budget
+            break
+        pieces = sum(-(-n // r) for n in stream_sizes)
+        per_call = max(1, capacity // r)
+        if pieces <= per_call:
+            slots = _round_up(pieces, multiple_of)
+        else:
+            per_call = max(multiple_of, per_call - per_call % multiple_of)
+            slots = per_call * -(-pieces // per_call)
+        cost = slots * (r + draw_weight)
+        if cost <= best_cost:
+            best, best_cost = r, cost
+    return best
+
+
 def plan_sweep(
     jobs: Sequence[tuple[Any, Mapping[str, Any]]],
     *,
@@ -143,7 +192,8 @@ def plan_sweep(
     max_runs_per_call: Optional[int] = None,
     multiple_of: int = 1,
 ) -> Plan:
-    """Deduplicate ``(spec, traced)`` jobs into computations, group them by spec, cut groups into chunks."""
+    """Deduplicate ``(spec, traced)`` jobs into computations, group them by spec, lay each group
+    out in streams, cut it into chunks."""
     computations: list[Computation] = []
     index: dict[Hashable, int] = {}
     for job, (spec, traced) in enumerate(jobs):
@@ -161,15 +211,28 @@ def plan_sweep(
 
     chunks: list[Chunk] = []
     for spec, positions in members.items():
-        size = chunk_size(
-            len(positions),
-            floats_per_run(spec),
-            max_batch_floats=max_batch_floats,
-            max_runs_per_call=max_runs_per_call,
-            multiple_of=multiple_of,
+        streams: dict[Hashable, list[int]] = {}
+        for position in positions:
+            key = stream_key(spec, computations[position].traced)
+            streams.setdefault(position if key is None else ("seed", key), []).append(position)
+        capacity = chunk_size(
+            len(positions), floats_per_run(spec), max_batch_floats=max_batch_floats, max_runs_per_call=max_runs_per_call, multiple_of=1
         )
-        for start in range(0, len(positions), size):
-            part = positions[start : start + size]
-            padded = tuple(part) + (part[-1],) * (size - len(part))
-            chunks.append(Chunk(spec, padded, len(part)))
+        r = runs_per_stream([len(v) for v in streams.values()], capacity=capacity, multiple_of=multiple_of, draw_weight=1.0 if spec.num_mc else 0.0)
+        pieces = [_padded(members_[i : i + r], r) for members_ in streams.values() for i in range(0, len(members_), r)]
+        per_call = max(1, capacity // r)
+        if len(pieces) <= per_call:
+            per_call = _round_up(len(pieces), multiple_of)
+        else:
+            per_call = max(multiple_of, per_call - per_call % multiple_of)
+        for start in range(0, len(pieces), per_call):
+            part = pieces[start : start + per_call]
+            part = part + [(part[-1][0], (True,) * r)] * (per_call - len(part))
+            chunks.append(Chunk(spec, sum((p[0] for p in part), ()), sum((p[1] for p in part), ()), r))
     return Plan(computations, list(members), chunks)
+
+
+def _padded(positions: Sequence[int], size: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """``positions`` with its last entry repeated up to ``size``, and which entries are repeats."""
+    extra = size - len(positions)
+    return tuple(positions) + (positions[-1],) * extra, (False,) * len(positions) + (True,) * extra
