@@ -98,7 +98,7 @@ def part_notebook(steps: int, seeds: int) -> dict:
     return {"fits": fits, "grid_seconds": grid_seconds}
 
 
-def part_compute(steps: int, seeds: int, devices: int) -> dict:
+def part_compute(steps: int, seeds: int, devices: int, *, lrs=LRS, num_mcs=NUM_MCS, d: int = D, log_every: int = LOG_EVERY) -> dict:
     """The floors (keys + normals only; per run, and once per shared stream) and the trainer's
     batched calls alone (as the launcher lays them out, and with a draw per run), on ``devices`` CPU devices."""
     sys.path.insert(0, str(REPO))
@@ -118,7 +118,7 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
 
     mesh_devices = jax.local_devices()
     sharding = NamedSharding(Mesh(mesh_devices, ("runs",)), PartitionSpec("runs"))
-    runs = len(LRS) * seeds
+    runs = len(lrs) * seeds
 
     def padded_to_devices(n: int) -> int:
         return n + (-n % len(mesh_devices))
@@ -128,7 +128,7 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
             def step(carry, _):
                 key, total = carry
                 key, subkey = jax.random.split(key)
-                eps = jax.random.normal(subkey, (num_mc * D,)).reshape(num_mc, D)  # = normal(subkey, (num_mc, D))
+                eps = jax.random.normal(subkey, (num_mc * d,)).reshape(num_mc, d)  # = normal(subkey, (num_mc, d))
                 return (key, total + jnp.sum(eps)), None  # consume the draw so XLA cannot drop it
 
             (_, total), _ = jax.lax.scan(step, (jax.random.key(seed), jnp.zeros(())), None, length=steps)
@@ -146,7 +146,7 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
         return times[0], min(times[1:])
 
     out = {"devices": len(mesh_devices), "floor": {}, "floor_shared": {}, "compute": {}, "compute_per_run": {}}
-    for num_mc in NUM_MCS:
+    for num_mc in num_mcs:
         for name, streams in (("floor", runs), ("floor_shared", seeds)):  # a draw per run; a draw per seed
             seeds_arg = jax.device_put(np.arange(padded_to_devices(streams), dtype=np.int32), sharding)
             first, again = timed(floor_program(num_mc), seeds_arg)
@@ -154,11 +154,11 @@ def part_compute(steps: int, seeds: int, devices: int) -> dict:
 
         fields = [
             dict(
-                objective="mc", estimator="reparam", optimizer="adam", target="standard_normal", d=D, steps=steps,
-                log_every=LOG_EVERY, init_log_sigma=INIT_LOG_SIGMA, optimizer_b1=0.9, optimizer_b2=0.999,
+                objective="mc", estimator="reparam", optimizer="adam", target="standard_normal", d=d, steps=steps,
+                log_every=log_every, init_log_sigma=INIT_LOG_SIGMA, optimizer_b1=0.9, optimizer_b2=0.999,
                 optimizer_eps=1e-8, optimizer_grad_clip=None, lr=lr, num_mc=num_mc, seed=seed,
             )
-            for lr in LRS
+            for lr in lrs
             for seed in range(seeds)
         ]
         spec = split_fields(fields[0])[0]

@@ -163,7 +163,7 @@ def test_resume_recomputes_exactly_the_missing_partial_and_foreign_jobs(sweeps, 
     assert rerun.returncode == 0, rerun.stderr
     assert summary(rerun.stdout) == {"jobs": 16, "computed": 3, "resumed": 13, "groups": 1, "compiles": 1}
     # The foreign file is a finished run of another config: kept, and its job computed into a new dir.
-    assert "1 computed into new job dirs (their own held other configs' runs)" in rerun.stdout
+    assert "1 computed under new job numbers (their own held other configs' runs)" in rerun.stdout
     assert f"{partial / 'metrics.parquet'} is unreadable" in rerun.stderr and "recomputed" in rerun.stderr
     assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
     assert not list(sweep.glob("*/.metrics.parquet.*"))

@@ -43,9 +43,12 @@ def mtimes(sweep: Path) -> dict[Path, int]:
 
 
 def by_key(sweep: Path) -> dict[str, pd.DataFrame]:
-    """Every finished run of a sweep dir, keyed by its config: what 'the data of a sweep' is."""
-    contents = scan_sweep(sweep)
-    return {key: pd.read_parquet(run.out_dir / "metrics.parquet") for key, run in contents.finished.items()}
+    """Every finished run of a sweep dir (either layout), keyed by its config: what 'the data of a sweep' is."""
+    out = {}
+    for key, run in scan_sweep(Path(sweep)).finished.items():
+        frame = pd.read_parquet(run.file)
+        out[key] = frame if run.job is None else frame[frame["job"] == run.job].drop(columns="job").reset_index(drop=True)
+    return out
 
 
 def test_extending_a_sweep_three_ways_keeps_every_finished_run_and_ends_with_the_union(tmp_path):
@@ -235,3 +238,28 @@ def test_the_batched_launcher_refuses_an_app_that_is_not_vi_sweeps(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("vi_sweep: error: hydra/launcher=batched runs vi_sweep's task")
     assert "ran" not in result.stdout
+
+
+def test_the_compact_layout_holds_the_same_runs_and_report_and_resumes_and_extends(tmp_path):
+    grid = ("lr=0.01,0.1", "num_mc=2", "seed=0,1,2", "d=3", "steps=60", "log_every=20", "grid=none")
+    jobs_dir, compact_dir = tmp_path / "jobs", tmp_path / "compact"
+    assert run_cli("multirun", *grid, f"hydra.sweep.dir={jobs_dir}").returncode == 0
+    compact = run_cli("multirun", *grid, "hydra.launcher.layout=compact", f"hydra.sweep.dir={compact_dir}")
+    assert compact.returncode == 0, compact.stderr
+    assert not list(compact_dir.glob("*/metrics.parquet")) and len(list((compact_dir / "runs").glob("*.parquet"))) == 1
+    assert f"vi_sweep: 6 runs written to {compact_dir}" in compact.stdout
+    one, other = by_key(jobs_dir), by_key(compact_dir)
+    assert one.keys() == other.keys() and len(one) == 6
+    for key in one:
+        pd.testing.assert_frame_equal(one[key], other[key], check_exact=True)
+    for name in ("phase_table.csv", "runs.csv", "phase_map.png", "kl_curves.png"):
+        assert (jobs_dir / "report" / name).read_bytes() == (compact_dir / "report" / name).read_bytes(), name
+
+    before = {p: p.stat().st_mtime_ns for p in (compact_dir / "runs").glob("*.parquet")}
+    again = run_cli("multirun", *grid, "hydra.launcher.layout=compact", f"hydra.sweep.dir={compact_dir}")
+    assert counts(again.stdout) == (6, 0, 6)
+    extended = run_cli("multirun", "lr=0.001,0.01,0.1", *grid[1:], f"hydra.sweep.dir={compact_dir}")  # now with job dirs
+    assert counts(extended.stdout) == (9, 3, 6)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert sorted(int(p.parent.name) for p in compact_dir.glob("*/metrics.parquet")) == [6, 7, 8]  # numbers no compact run has
+    assert len(by_key(compact_dir)) == 9

@@ -33,7 +33,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from vi_sweep.store.metrics import METRIC_COLUMNS, METRICS_FILE, RUN_COLUMNS, UnreadableRun, read_run_file
+from vi_sweep.store.metrics import (
+    METRIC_COLUMNS,
+    METRICS_FILE,
+    RUN_COLUMNS,
+    RUNS_DIR,
+    RunFile,
+    UnreadableRun,
+    compact_files,
+    job_files,
+    job_sort_key,
+    read_compact_file,
+    read_run_file,
+)
 
 # The order config columns appear in; optimizer_* / target_* hyperparameters follow their group.
 CONFIG_ORDER = ("objective", "estimator", "optimizer", "target", "lr", "num_mc", "seed", "d", "steps", "init_log_sigma", "log_every", "scenario")
@@ -72,7 +84,10 @@ class Sweep(NamedTuple):
 def read_run(path: str | os.PathLike) -> RunRecord:
     """Decode one ``metrics.parquet`` (:func:`vi_sweep.store.metrics.read_run_file`); raise
     :class:`~vi_sweep.store.metrics.UnreadableRun` with a one-line reason."""
-    run = read_run_file(path, columns=[*METRIC_COLUMNS, *RUN_COLUMNS])
+    return _record(read_run_file(path, columns=[*METRIC_COLUMNS, *RUN_COLUMNS]))
+
+
+def _record(run: RunFile) -> RunRecord:
     table = run.table
     first = {name: table.column(name)[0].as_py() for name in RUN_COLUMNS}
     return RunRecord(
@@ -84,20 +99,9 @@ def read_run(path: str | os.PathLike) -> RunRecord:
     )
 
 
-def _job_sort_key(name: str) -> tuple[int, int, str]:
-    """RunRecord directories in numeric order (0, 1, 2, ..., 10), then any non-numeric names."""
-    return (0, int(name), "") if name.isdigit() else (1, 0, name)
-
-
-def job_files(sweep_dir: Path) -> list[Path]:
-    """The jobs' ``metrics.parquet`` files, one directory level down, in job order."""
-    files = [p for p in sweep_dir.glob(f"*/{METRICS_FILE}") if not p.parent.name.startswith(".")]
-    return sorted(files, key=lambda p: _job_sort_key(p.parent.name))
-
-
 def _unfinished_jobs(sweep_dir: Path) -> list[str]:
     dirs = [p.parent.name for p in sweep_dir.glob("*/.hydra") if not (p.parent / METRICS_FILE).exists()]
-    return sorted(dirs, key=_job_sort_key)
+    return sorted(dirs, key=job_sort_key)
 
 
 def config_columns(frame: pd.DataFrame) -> list[str]:
@@ -146,11 +150,13 @@ def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep
         raise SweepError(f"sweep directory {sweep_dir} does not exist")
     if not sweep_dir.is_dir():
         raise SweepError(f"{sweep_dir} is not a directory (expected a sweep directory)")
-    files = job_files(sweep_dir)
+    files = job_files(sweep_dir) + compact_files(sweep_dir)
 
-    def attempt(file: Path) -> RunRecord | str:
+    def attempt(file: Path) -> list[tuple[str, RunRecord]] | str:
         try:
-            return read_run(file)
+            if file.parent.name == RUNS_DIR and file.parent.parent == sweep_dir:
+                return [(str(entry.job), _record(entry.run)) for entry in read_compact_file(file, [*METRIC_COLUMNS, *RUN_COLUMNS])]
+            return [(file.parent.name, read_run(file))]
         except UnreadableRun as err:
             return str(err)
 
@@ -160,15 +166,17 @@ def read_sweep(path: str | os.PathLike, *, threads: int = READ_THREADS) -> Sweep
     blocks = [files[i : i + size] for i in range(0, len(files), size)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = [result for block in pool.map(lambda block: [attempt(f) for f in block], blocks) for result in block]
-    names, jobs, skipped = [], [], []
+    found, skipped = [], []
     for file, result in zip(files, results):
         relative = file.relative_to(sweep_dir).as_posix()
         if isinstance(result, str):
             skipped.append((relative, result))
             warnings.warn(f"skipping {sweep_dir / relative}: {result}", SkippedFileWarning, stacklevel=2)
         else:
-            names.append(file.parent.name)
-            jobs.append(result)
+            found.extend(result)
+    found.sort(key=lambda named: job_sort_key(named[0]))  # both layouts, in job order
+    names = [name for name, _ in found]
+    jobs = [record for _, record in found]
     unfinished = _unfinished_jobs(sweep_dir)
     if unfinished:
         shown = ", ".join(unfinished[:10]) + (f" and {len(unfinished) - 10} more" if len(unfinished) > 10 else "")

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext
 from omegaconf import DictConfig, open_dict
 
@@ -57,6 +57,7 @@ from vi_sweep.launch.plain import to_plain
 from vi_sweep.launch.resume import Placement, SweepContents, describe_unreadable, resumed_return, run_key, scan_sweep
 from vi_sweep.launch.sweep_plan import BYTES_PER_FLOAT, SizeError, bytes_per_run, check_fits, plan_sweep
 from vi_sweep.launch.task import finish_job, job_fields, job_scenario
+from vi_sweep.store.metrics import compact_table, status_of, write_compact
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def launch(
     try:
         options.check()
         contents = scan_sweep(sweep_dir)
-        jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, contents, resume=options.resume)
+        jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, contents, resume=options.resume, compact=options.layout == "compact")
     except (ConfigError, LauncherOptionError) as err:
         _fail_before_writing(sweep_dir, err)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,7 @@ def launch(
             _stop(1, f"cannot write {where}: {err.strerror or err}; {len(returns)} of {len(jobs)} runs written; rerun the same command to resume")
     elapsed = time.perf_counter() - started
     relocated = sum(job.relocated_from is not None for job in jobs)
-    moved = f"; {relocated} computed into new job dirs (their own held other configs' runs)" if relocated else ""
+    moved = f"; {relocated} computed under new job numbers (their own held other configs' runs)" if relocated else ""
     also = f"; and {len(twins)} exact baselines for the report" if twins else ""
     print(
         f"vi_sweep: {len(jobs)} jobs ({len(todo)} computed, {len(jobs) - len(todo)} resumed) in {groups} groups, "
@@ -169,6 +170,7 @@ def compose_jobs(
     contents: SweepContents,
     *,
     resume: bool,
+    compact: bool = False,
 ) -> list[SweepJob]:
     """Compose and validate every job (raises :class:`ConfigError` on the first invalid one), and
     place it (:mod:`vi_sweep.launch.resume`).
@@ -176,14 +178,15 @@ def compose_jobs(
     With ``resume``, a job whose run is already finished somewhere in the sweep directory
     (``contents``) gets its COMPLETED :class:`JobReturn` here, while its config is at hand. Any
     other job gets its own job directory, or a new job number if that directory holds a finished
-    run of another config.
+    run of another config. With ``compact`` (``hydra.launcher.layout=compact``) a job has no
+    directory of its own: its number names it, as ``<sweep dir>/<num>`` would.
     """
     numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
     placement = Placement(contents)
     jobs = []
     for num, overrides in zip(numbers, job_overrides):
         cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
-        task_values, out_dir = _task_values_and_dir(cfg)
+        task_values, out_dir = _task_values_and_dir(cfg, compact)
         try:
             fields = job_fields(task_values)
         except ConfigError as err:
@@ -197,7 +200,7 @@ def compose_jobs(
             job.resumed = resumed_return(cfg, found.summary)
         elif not placement.is_free(out_dir, key):
             job.num = placement.next_number()
-            _, job.out_dir = _task_values_and_dir(compose_job(hydra_context, config, overrides, job.num, scratch=True))
+            _, job.out_dir = _task_values_and_dir(compose_job(hydra_context, config, overrides, job.num, scratch=True), compact)
             if not placement.is_free(job.out_dir, key):
                 raise ConfigError(
                     f"job {num} ({' '.join(filter_overrides(overrides))}): its directory {out_dir} holds a finished run of "
@@ -209,11 +212,13 @@ def compose_jobs(
     return jobs
 
 
-def _task_values_and_dir(cfg: DictConfig) -> tuple[dict[str, Any], Path]:
-    """The job's task config as plain values, and its job directory (``hydra.sweep.dir``/``subdir``, absolute)."""
+def _task_values_and_dir(cfg: DictConfig, compact: bool = False) -> tuple[dict[str, Any], Path]:
+    """The job's task config as plain values, and its job directory (``hydra.sweep.dir``/``subdir``,
+    absolute; ``hydra.sweep.dir``/<job number> for the compact layout)."""
     with _as_current_hydra_config(cfg):  # interpolations such as ${hydra:job.num} read it
         task_values = {key: to_plain(cfg[key]) for key in cfg if key != "hydra"}
-        out_dir = Path(os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir))))
+        subdir = str(cfg.hydra.job.num) if compact else str(cfg.hydra.sweep.subdir)
+        out_dir = Path(os.path.abspath(os.path.join(str(cfg.hydra.sweep.dir), subdir)))
     return task_values, out_dir
 
 
@@ -317,9 +322,12 @@ def _compute_and_write(
     bar = _progress_bar(len(todo), len(plan.groups), options.progress)
     unwritten: list[str] = []  # exact baselines that could not be written
 
+    compact = options.layout == "compact"
+
     def write_chunk(index: int, outputs) -> None:
         chunk = plan.chunks[index]
         log.debug("call %d/%d: waiting for %d runs", index + 1, len(plan.chunks), chunk.size)
+        in_one_file: list[tuple[int, dict, int]] = []  # (position, rows, diverged_at) of the compact layout
         for slot, rows, diverged_at in _chunk_rows(chunk, *outputs):
             for job_in_plan in plan.computations[chunk.computations[slot]].jobs:
                 if job_in_plan >= len(todo):  # an exact baseline, not a job
@@ -331,8 +339,14 @@ def _compute_and_write(
                         unwritten.append(f"{path.parent}: {err.strerror or err}")
                     continue
                 position = todo[job_in_plan]
+                if compact:
+                    in_one_file.append((position, rows, diverged_at))
+                    continue
                 returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at)
                 bar.update(1)
+        if in_one_file:
+            returns.update(write_compact_jobs(sweep_dir, jobs, in_one_file))
+            bar.update(len(in_one_file))
         # Each job configures its own logging (as run_job does) and leaves it in place; give the
         # launcher its own back (as the basic launcher does), so its lines do not land in that job's log.
         configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -429,6 +443,26 @@ def _chunk_rows(chunk, diverged_at, columns):
     for slot, padding in enumerate(chunk.padding):
         if not padding:
             yield slot, {name: values[slot] for name, values in columns.items()}, int(diverged_at[slot])
+
+
+def write_compact_jobs(sweep_dir: Path, jobs: list[SweepJob], entries: list[tuple[int, dict, int]]) -> dict[int, JobReturn]:
+    """``hydra.launcher.layout=compact``: the runs of one chunk in one file (``<sweep dir>/runs/``),
+    with no job directories, no per-job logs and no per-job callbacks; a COMPLETED
+    :class:`JobReturn` per job (its overrides and summary) for the sweeper."""
+    table = compact_table([(jobs[p].num, rows, jobs[p].fields, diverged_at, jobs[p].scenario) for p, rows, diverged_at in entries])
+    listed = [{"job": jobs[p].num, "fields": jobs[p].fields, "scenario": jobs[p].scenario, "overrides": list(jobs[p].overrides)} for p, _, _ in entries]
+    path = write_compact(sweep_dir, table, listed)
+    returns = {}
+    for position, rows, diverged_at in entries:
+        ret = JobReturn(overrides=list(jobs[position].overrides), working_dir=os.getcwd(), task_name="vi_sweep", status=JobStatus.COMPLETED)
+        ret.return_value = {
+            "status": status_of(diverged_at),
+            "diverged_at": int(diverged_at),
+            "final_kl": float(rows["kl"][-1]),
+            "metrics": f"{path}#job={jobs[position].num}",
+        }
+        returns[position] = ret
+    return returns
 
 
 def write_job(hydra_context: HydraContext, config: DictConfig, job: SweepJob, rows: dict, diverged_at: int) -> JobReturn:

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from vi_sweep.store.metrics import METRICS_FILE
+from vi_sweep.store.metrics import count_runs
 
 
 def ensure_writable_dir(path: str | Path, what: str) -> None:
@@ -121,7 +121,7 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        jobs = len(list(sweep_dir.glob(f"*/{METRICS_FILE}")))
+        jobs = count_runs(sweep_dir)
         print(f"vi_sweep: {jobs} runs written to {sweep_dir}", flush=True)
         helper, self._figure_helper = self._figure_helper, None
         if self.report and jobs:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional
 
 ENGINES = ("local", "submitit")
+LAYOUTS = ("jobs", "compact")
 SUBMITIT_CLUSTERS = ("local", "slurm", "debug", "auto")
 CPU_VECTOR_WIDTHS = (128, 256, 512)
 LAUNCHER_TARGET = "hydra_plugins.vi_sweep_launcher.vi_sweep_launcher.BatchedLauncher"
@@ -59,6 +60,13 @@ class BatchedLauncherConf:
         (``vi_sweep.store.baselines``: one per distinct optimizer/lr/init/target config) into
         ``<sweep dir>/baselines/``, where the report looks for them; otherwise the report
         trains them itself at the end (a compile or a cache load and a JAX start).
+    layout
+        ``jobs`` (default): every job gets Hydra's job directory (``.hydra/``, its log,
+        ``metrics.parquet``), written as ``run_job`` writes it, with the per-job callbacks.
+        ``compact``: no job directories: the runs of each compiled chunk go into one file,
+        ``<sweep dir>/runs/jobs-<first>-<last>.parquet`` (the same columns), for sweeps of
+        thousands of small runs whose per-job files would cost more than their training. Resume,
+        ``load_sweep`` and the report read both layouts.
     engine
         ``local``: run every chunk in this process. ``submitit``: hand each chunk to submitit as
         one job (one SLURM array task per chunk, see :mod:`vi_sweep.launch.cluster`); this
@@ -86,6 +94,7 @@ class BatchedLauncherConf:
     progress: bool = True
     resume: bool = True
     exact_baselines: bool = True
+    layout: str = "jobs"
     engine: str = "local"
     submitit_cluster: str = "local"
     submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
@@ -109,7 +118,7 @@ class BatchedLauncherConf:
 
     def check(self) -> None:
         """Raise :class:`LauncherOptionError` naming the first bad ``hydra.launcher.*`` value."""
-        choices = {"engine": (self.engine, ENGINES), "submitit_cluster": (self.submitit_cluster, SUBMITIT_CLUSTERS)}
+        choices = {"engine": (self.engine, ENGINES), "submitit_cluster": (self.submitit_cluster, SUBMITIT_CLUSTERS), "layout": (self.layout, LAYOUTS)}
         for name, (value, allowed) in choices.items():
             if value not in allowed:
                 raise LauncherOptionError(f"hydra.launcher.{name}={value!r} is invalid: must be one of {', '.join(allowed)}")

@@ -28,9 +28,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from vi_sweep.store.metrics import METRICS_FILE, RunFile, UnreadableRun, read_run_file, status_of
+from vi_sweep.store.metrics import METRICS_FILE, RUNS_DIR, RunFile, UnreadableRun, compact_files, job_files, read_compact_file, read_run_file, status_of
 
-SKIPPED_DIRS = ("baselines", "report")  # sweep-level folders that hold no jobs (and hidden ones: .submitit, .vi_sweep)
 READ_THREADS = 8  # pyarrow reads without the GIL
 
 
@@ -51,9 +50,11 @@ def summary_of(run: RunFile, path: Path) -> dict[str, Any]:
 
 
 class FinishedRun(NamedTuple):
-    out_dir: Path
+    out_dir: Path  # its job directory (for the compact layout: the one its job number names)
     key: str
     summary: dict[str, Any]
+    file: Path  # the file that holds it
+    job: Optional[int] = None  # its job number in a compact file (None: the file is its own)
 
 
 class SweepContents(NamedTuple):
@@ -72,44 +73,47 @@ def read_finished(path: Path) -> FinishedRun:
     """The finished run in ``path`` (a ``metrics.parquet``); raises :class:`UnreadableRun`."""
     run = read_run_file(path)
     scenario = str(run.table.column("scenario")[0].as_py())
-    return FinishedRun(path.parent, run_key(run.fields, scenario), summary_of(run, path))
+    return FinishedRun(path.parent, run_key(run.fields, scenario), summary_of(run, path), path)
 
 
-def job_files(sweep_dir: Path) -> list[Path]:
-    """Every job's ``metrics.parquet`` under ``sweep_dir`` (any depth of ``hydra.sweep.subdir``), sorted."""
-    found = []
-    for root, dirs, files in os.walk(sweep_dir):
-        if Path(root) == sweep_dir:
-            dirs[:] = [d for d in dirs if d not in SKIPPED_DIRS]
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        if METRICS_FILE in files:
-            found.append(Path(root) / METRICS_FILE)
-    return sorted(found)
+def read_finished_compact(path: Path, sweep_dir: Path) -> list[FinishedRun]:
+    """The finished runs of a compact file, each placed at the job directory its number names
+    (``<sweep dir>/<job>``, where the job-directory layout would have put it); raises
+    :class:`UnreadableRun` for the file."""
+    return [
+        FinishedRun(sweep_dir / str(entry.job), run_key(entry.run.fields, entry.run.config["scenario"]), summary_of(entry.run, path), path, entry.job)
+        for entry in read_compact_file(path)
+    ]
 
 
 def scan_sweep(sweep_dir: Path) -> SweepContents:
-    """Read every job's file in ``sweep_dir`` (whole, in a thread pool)."""
+    """Read every run's file in ``sweep_dir`` -- the jobs' own and the compact layout's -- whole, in a thread pool."""
     sweep_dir = Path(sweep_dir)
     files = job_files(sweep_dir) if sweep_dir.is_dir() else []
+    compact = compact_files(sweep_dir) if sweep_dir.is_dir() else []
 
-    def attempt(path: Path) -> FinishedRun | str:
+    def attempt(path: Path) -> list[FinishedRun] | str:
         try:
-            return read_finished(path)
+            return read_finished_compact(path, sweep_dir) if path.parent.name == RUNS_DIR else [read_finished(path)]
         except UnreadableRun as err:
             return str(err)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(files)))) as pool:
-        results = list(pool.map(attempt, files))
+    paths = files + compact
+    with ThreadPoolExecutor(max_workers=max(1, min(READ_THREADS, len(paths)))) as pool:
+        results = list(pool.map(attempt, paths))
     finished: dict[str, FinishedRun] = {}
     key_in: dict[Path, str] = {}
     unreadable = []
-    for path, result in zip(files, results):
+    for path, result in zip(paths, results):
         if isinstance(result, str):
             unreadable.append((path, result))
             continue
-        finished.setdefault(result.key, result)
-        key_in[path.parent] = result.key
-    numbers = {int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()} if sweep_dir.is_dir() else set()
+        for run in result:
+            finished.setdefault(run.key, run)
+            key_in[run.out_dir] = run.key
+    numbers = {int(p.name) for p in key_in if p.parent == sweep_dir and p.name.isdigit()}
+    if sweep_dir.is_dir():
+        numbers |= {int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()}
     return SweepContents(finished, key_in, tuple(unreadable), frozenset(numbers))
 
 

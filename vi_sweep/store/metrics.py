@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 METRICS_FILE = "metrics.parquet"
 FORMAT = "2"  # 2: kl_excess, the final step always logged, every field typed, status ok|nonfinite
-_TMP_PREFIX, _TMP_SUFFIX = f".{METRICS_FILE}.", ".tmp"  # write_metrics' temporary files
+_TMP_SUFFIX = ".tmp"  # write_atomically's temporary files: .<name>.<random>.tmp
 METRIC_TYPES = {
     "step": pa.int64(),
     "probe": pa.bool_(),  # a tail probe row (vi_sweep.core.trainer.row_steps), not one of the logged rows
@@ -114,32 +114,40 @@ def write_metrics(
     resolved_config: Mapping[str, Any],
     fields: Mapping[str, Any],
 ) -> Path:
-    """Write ``out_dir/metrics.parquet`` via a temporary file + ``os.replace`` (atomic on POSIX).
+    """Write ``out_dir/metrics.parquet`` atomically (:func:`write_atomically`)."""
+    metadata = {
+        b"vi_sweep.config": json.dumps(resolved_config, sort_keys=True).encode(),
+        b"vi_sweep.fields": json.dumps(dict(fields), sort_keys=True).encode(),
+    }
+    return write_atomically(Path(out_dir) / METRICS_FILE, table, metadata)
 
-    A process killed mid-write leaves at most a ``.metrics.parquet.*.tmp`` file, never a partial
-    ``metrics.parquet``; the next write into ``out_dir`` removes it (one writer per directory:
-    a job's dir, or one baseline's).
+
+def write_atomically(path: Path, table: pa.Table, metadata: Mapping[bytes, bytes]) -> Path:
+    """Write ``table`` to ``path`` via a temporary file + ``os.replace`` (atomic on POSIX), with
+    ``metadata`` and the versions, file format and ``complete`` flag every file carries.
+
+    A process killed mid-write leaves at most a ``.<name>.*.tmp`` file, never a partial one; the
+    next write of that name removes it (one writer per file).
     """
     import jax
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metadata = dict(table.schema.metadata or {})
-    metadata.update(
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full = dict(table.schema.metadata or {})
+    full.update(metadata)
+    full.update(
         {
-            b"vi_sweep.config": json.dumps(resolved_config, sort_keys=True).encode(),
-            b"vi_sweep.fields": json.dumps(dict(fields), sort_keys=True).encode(),
             b"vi_sweep.version": _package_version().encode(),
             b"jax.version": jax.__version__.encode(),
             b"vi_sweep.format": FORMAT.encode(),
             b"vi_sweep.complete": b"1",
         }
     )
-    table = table.replace_schema_metadata(metadata)
-    path = out_dir / METRICS_FILE
-    for stale in out_dir.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):  # left by a process killed mid-write
+    table = table.replace_schema_metadata(full)
+    prefix = f".{path.name}."
+    for stale in path.parent.glob(f"{prefix}*{_TMP_SUFFIX}"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=out_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             pq.write_table(table, handle, write_page_checksum=True)
@@ -151,6 +159,112 @@ def write_metrics(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# The compact layout: many runs per file
+# ---------------------------------------------------------------------------------------------
+
+RUNS_DIR = "runs"  # <sweep dir>/runs/jobs-<first>-<last>.parquet
+
+
+class CompactRun(NamedTuple):
+    """One run of a compact file: its Hydra job number and the run's file-like view."""
+
+    job: int
+    run: RunFile
+
+
+def compact_table(runs: Sequence[tuple[int, Mapping[str, np.ndarray], Mapping[str, Any], int, str]], field_types: Optional[Mapping[str, type]] = None) -> pa.Table:
+    """One table for many runs, ``(job number, rows, fields, diverged_at, scenario)`` each: each
+    run's :func:`metrics_table` with a leading ``job`` column, stacked (the same columns and types
+    as a job's own file, so both layouts read as one table)."""
+    if field_types is None:
+        from vi_sweep.core.trainer import field_types as all_field_types
+
+        field_types = all_field_types()
+    tables = []
+    for job, rows, fields, diverged_at, scenario in runs:
+        table = metrics_table(rows, fields, diverged_at, scenario, field_types)
+        tables.append(table.add_column(0, "job", pa.array(np.full(table.num_rows, job, np.int64))))
+    return pa.concat_tables(tables)
+
+
+def write_compact(sweep_dir: str | os.PathLike, table: pa.Table, runs: Sequence[Mapping[str, Any]]) -> Path:
+    """Write a :func:`compact_table` to ``<sweep_dir>/runs/jobs-<first>-<last>.parquet`` atomically.
+
+    ``runs``: one entry per run, ``{"job", "fields", "scenario", "overrides"}``, kept in the file's
+    metadata (``vi_sweep.runs``) as a job's own file keeps its fields.
+    """
+    jobs = [int(run["job"]) for run in runs]
+    path = Path(sweep_dir) / RUNS_DIR / f"jobs-{min(jobs):06d}-{max(jobs):06d}.parquet"
+    return write_atomically(path, table, {b"vi_sweep.runs": json.dumps(list(runs), sort_keys=True).encode()})
+
+
+def read_compact_file(path: str | os.PathLike, columns: Optional[Sequence[str]] = None) -> list[CompactRun]:
+    """The runs of a compact file, every page checked; raises :class:`UnreadableRun` (one line) for the file."""
+    try:
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        metadata = parquet.schema_arrow.metadata or {}
+        _check_flags(metadata)
+        listed = json.loads(metadata[b"vi_sweep.runs"])
+        table = parquet.read(columns=None if columns is None else ["job", *columns], use_threads=False)
+    except UnreadableRun:
+        raise
+    except KeyError:
+        raise UnreadableRun("no vi_sweep.runs metadata") from None
+    except (OSError, ValueError, pa.ArrowException) as err:
+        raise UnreadableRun(_first_line(err)) from None
+    jobs = table.column("job").to_numpy()
+    bounds = np.flatnonzero(np.diff(jobs)) + 1
+    starts, ends = np.r_[0, bounds], np.r_[bounds, len(jobs)]
+    by_job = {int(jobs[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+    out = []
+    for entry in listed:
+        job = int(entry["job"])
+        if job not in by_job:
+            raise UnreadableRun(f"job {job} is listed but has no rows")
+        a, b = by_job[job]
+        out.append(CompactRun(job, RunFile(entry["fields"], {"scenario": entry["scenario"], "overrides": entry.get("overrides", [])}, table.slice(a, b - a).drop_columns(["job"]))))
+    return out
+
+
+def compact_files(sweep_dir: str | os.PathLike) -> list[Path]:
+    """The compact files of a sweep directory, in job order."""
+    return sorted((Path(sweep_dir) / RUNS_DIR).glob("jobs-*.parquet"))
+
+
+def count_runs(sweep_dir: str | os.PathLike) -> int:
+    """How many runs a sweep directory holds, in either layout (finished or not: files are counted, not read)."""
+    count = len(job_files(sweep_dir))
+    for path in compact_files(sweep_dir):
+        try:
+            count += len(json.loads((pq.read_schema(path).metadata or {})[b"vi_sweep.runs"]))
+        except (OSError, KeyError, ValueError, pa.ArrowException):
+            pass  # unreadable: named by the report
+    return count
+
+
+SWEEP_FOLDERS = ("baselines", "report", RUNS_DIR)  # sweep-level folders that are not job directories (nor are hidden ones)
+
+
+def job_sort_key(name: str) -> tuple[int, int, str]:
+    """Job directory names in numeric order (0, 1, 2, ..., 10), then any other names."""
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def job_files(sweep_dir: str | os.PathLike) -> list[Path]:
+    """Every job's own ``metrics.parquet`` under ``sweep_dir`` (at any depth ``hydra.sweep.subdir``
+    puts them), in job order; not the exact baselines', nor hidden folders'."""
+    sweep_dir = Path(sweep_dir)
+    found = []
+    for root, dirs, files in os.walk(sweep_dir):
+        if Path(root) == sweep_dir:
+            dirs[:] = [d for d in dirs if d not in SWEEP_FOLDERS]
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if METRICS_FILE in files:
+            found.append(Path(root) / METRICS_FILE)
+    return sorted(found, key=lambda p: (job_sort_key(p.parent.name), str(p)))
 
 
 def current_umask() -> int:
@@ -175,11 +289,7 @@ def read_run_file(path: str | os.PathLike, columns: Optional[Sequence[str]] = No
     try:
         parquet = pq.ParquetFile(path, page_checksum_verification=True)
         metadata = parquet.schema_arrow.metadata or {}
-        if metadata.get(b"vi_sweep.complete") != b"1":
-            raise UnreadableRun("incomplete file (no vi_sweep.complete flag)")
-        version = metadata.get(b"vi_sweep.format", b"1").decode()
-        if version != FORMAT:
-            raise UnreadableRun(f"written by another vi_sweep (file format {version}, this one reads {FORMAT})")
+        _check_flags(metadata)
         fields = json.loads(metadata[b"vi_sweep.fields"])
         config = json.loads(metadata.get(b"vi_sweep.config", b"{}"))
         wanted = list(columns) if columns is not None else None
@@ -196,6 +306,14 @@ def read_run_file(path: str | os.PathLike, columns: Optional[Sequence[str]] = No
     if table.num_rows == 0:
         raise UnreadableRun("no rows")
     return RunFile(fields, config, table)
+
+
+def _check_flags(metadata: Mapping[bytes, bytes]) -> None:
+    if metadata.get(b"vi_sweep.complete") != b"1":
+        raise UnreadableRun("incomplete file (no vi_sweep.complete flag)")
+    version = metadata.get(b"vi_sweep.format", b"1").decode()
+    if version != FORMAT:
+        raise UnreadableRun(f"written by another vi_sweep (file format {version}, this one reads {FORMAT})")
 
 
 def read_fields(path: str | os.PathLike) -> dict[str, Any] | None:
