@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -123,10 +122,14 @@ def test_local_executor_parameters_carry_no_slurm_keys():
 
 
 def test_the_slurm_preset_without_slurm_is_one_line_and_nothing_written(cli, tmp_path):
-    if shutil.which("srun"):
-        pytest.skip("a real SLURM cluster: this would submit")
+    # A machine without SLURM's commands: a PATH without srun (python runs by its absolute path).
+    no_slurm = tmp_path / "empty_bin"
+    no_slurm.mkdir()
     sweep = tmp_path / "sweep"
-    result = cli("multirun", "hydra/launcher=batched_slurm", "lr=0.1", "steps=5", "log_every=5", "d=2", "grid=none", f"hydra.sweep.dir={sweep}")
+    result = cli(
+        "multirun", "hydra/launcher=batched_slurm", "lr=0.1", "steps=5", "log_every=5", "d=2", "grid=none", f"hydra.sweep.dir={sweep}",
+        env={"PATH": str(no_slurm)},
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         'vi_sweep: error: hydra.launcher.submitit_cluster=slurm: Could not detect "srun", are you indeed on a slurm cluster?'
