@@ -30,8 +30,9 @@ CANNOT_START = 3  # .ci/slurm-up's exit code where SLURM cannot run (not root, n
 
 # 8 runs in 2 compiled groups (num_mc=1, num_mc=4) and their 2 exact baselines: 3 tasks.
 GRID = ("lr=1e-2,1e-1", "num_mc=1,4", "seed=0,1", "steps=40", "log_every=10", "d=3", "grid=none")
-# 2 runs, one group, no baselines: 1 task.
-ONE_TASK = ("lr=1e-2,1e-1", "num_mc=1", "seed=0", "steps=40", "log_every=10", "d=3", "grid=none", "hydra.launcher.exact_baselines=false")
+TWO_RUNS = ("lr=1e-2,1e-1", "num_mc=1", "seed=0", "steps=40", "log_every=10", "d=3", "grid=none")
+# The same 2 runs in one group, without baselines: 1 task.
+ONE_TASK = (*TWO_RUNS, "hydra.launcher.exact_baselines=false")
 BATCHED_SLURM = ("hydra/launcher=batched_slurm", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1")
 NO_REPORT = "hydra.callbacks.sweep_summary.report=false"
 
@@ -71,7 +72,7 @@ def slurm():
             pytest.skip(reason)
         if up.returncode != 0:
             pytest.fail(f".ci/slurm-up failed: {reason}", pytrace=False)
-        started_here = True
+        started_here = "already up" not in reason  # a start in progress elsewhere finished first
     with pytest.MonkeyPatch.context() as patch:
         for name, value in _read_cluster_env().items():
             patch.setenv(name, value)
@@ -104,6 +105,12 @@ def start_sweep(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vi_sweep", "multirun", *args], cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+def submitted_tasks(sweep: Path) -> list[str]:
+    """Ids of the tasks submitted into ``sweep``, from submitit's pickles (``.submitit/<id>/<id>_submitted.pkl``)."""
+    ids = [path.parent.name for path in sweep.glob(".submitit/*/*_submitted.pkl")]
+    return sorted(ids, key=lambda task: [int(part) for part in task.split("_")])
 
 
 def recorded_tasks(sweep: Path) -> list[dict]:
@@ -160,24 +167,23 @@ def test_a_batched_slurm_sweep_equals_the_local_sweep_file_for_file(slurm, tmp_p
     result = run_cli("multirun", *GRID, *BATCHED_SLURM, "hydra.launcher.cpus_per_task=2", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
     assert "8 jobs (8 computed, 0 resumed) in 3 groups" in result.stdout
-    assert len(recorded_tasks(sweep)) == 3  # one SLURM task per compiled chunk, not one per run
+    assert len(submitted_tasks(sweep)) == 3  # one SLURM task per compiled chunk, not one per run
     assert_same_files(sweep, reference)
 
 
 @pytest.fixture(scope="module")
 def submitit_slurm_sweep(slurm, tmp_path_factory) -> tuple[Path, Path]:
-    """A 4-run sweep with hydra-submitit-launcher on SLURM (one task per run) and the same with the basic launcher."""
-    grid = ("lr=1e-2,1e-1", "num_mc=1,4", "seed=0", "steps=40", "log_every=10", "d=3", "grid=none")
-    reference = local_sweep(tmp_path_factory.mktemp("basic"), *grid, "hydra/launcher=basic")
+    """A 2-run sweep with hydra-submitit-launcher on SLURM (one task per run) and the same with the basic launcher."""
+    reference = local_sweep(tmp_path_factory.mktemp("basic"), *TWO_RUNS, "hydra/launcher=basic")
     sweep = tmp_path_factory.mktemp("submitit_slurm") / "sweep"
-    result = run_cli("multirun", *grid, "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}")
+    result = run_cli("multirun", *TWO_RUNS, "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
     return sweep, reference
 
 
 def test_a_submitit_slurm_sweep_equals_the_basic_launchers_file_for_file(submitit_slurm_sweep):
     sweep, reference = submitit_slurm_sweep
-    assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 4  # one task per run
+    assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 2  # one task per run
     assert_same_files(sweep, reference)
 
 
@@ -185,8 +191,7 @@ def test_a_submitit_slurm_sweep_equals_the_basic_launchers_file_for_file(submiti
 def test_a_submitit_slurm_rerun_computes_nothing_new(submitit_slurm_sweep):
     sweep, reference = submitit_slurm_sweep
     written = {path: path.stat().st_mtime_ns for path in sweep.glob("*/metrics.parquet")}
-    grid = ("lr=1e-2,1e-1", "num_mc=1,4", "seed=0", "steps=40", "log_every=10", "d=3", "grid=none")
-    again = run_cli("multirun", *grid, "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5", NO_REPORT, f"hydra.sweep.dir={sweep}")
+    again = run_cli("multirun", *TWO_RUNS, "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=5", NO_REPORT, f"hydra.sweep.dir={sweep}")
     assert again.returncode == 0, again.stderr
     assert {path: path.stat().st_mtime_ns for path in sweep.glob("*/metrics.parquet")} == written
     assert_same_files(sweep, reference)
@@ -202,17 +207,17 @@ def test_a_sigkilled_launchers_rerun_collects_its_tasks_instead_of_resubmitting(
     args = (*GRID, *BATCHED_SLURM, NO_REPORT, f"hydra.sweep.dir={sweep}")
     launcher = start_sweep(*args)
     try:
-        tasks = wait_until(lambda: len(recorded_tasks(sweep)) == 3 and recorded_tasks(sweep), "the launcher to record its 3 tasks")
+        ids = wait_until(lambda: len(submitted_tasks(sweep)) == 3 and submitted_tasks(sweep), "the launcher to submit its 3 tasks")
+        time.sleep(1.0)  # it records them at once, then waits for them
     finally:
         launcher.send_signal(signal.SIGKILL)
         launcher.communicate()
-    ids = [task["job_id"] for task in tasks]
     assert any(state in ("PENDING", "RUNNING") for state in squeue(*ids).values())  # tasks outlive their launcher
 
     rerun = run_cli("multirun", *args)
     assert rerun.returncode == 0, rerun.stderr
     assert "8 jobs (8 computed, 0 resumed)" in rerun.stdout
-    assert [task["job_id"] for task in recorded_tasks(sweep)] == ids  # nothing submitted again
+    assert submitted_tasks(sweep) == ids  # nothing submitted again
     assert len(list(sweep.glob(".submitit/*/*_result.pkl"))) == 3
     assert_same_files(sweep, one_cpu_reference)
 
@@ -228,8 +233,8 @@ def test_a_cancelled_task_is_one_line_naming_it_and_a_rerun_computes_only_its_ru
     sweep = tmp_path / "sweep"
     args = (*GRID, *BATCHED_SLURM, NO_REPORT, f"hydra.sweep.dir={sweep}")
     launcher = start_sweep(*args)
-    tasks = wait_until(lambda: len(recorded_tasks(sweep)) == 3 and recorded_tasks(sweep), "the launcher to record its 3 tasks")
-    first = tasks[0]["job_id"]  # the num_mc=1 group's 4 runs
+    tasks = wait_until(lambda: len(submitted_tasks(sweep)) == 3 and submitted_tasks(sweep), "the launcher to submit its 3 tasks")
+    first = tasks[0]  # the num_mc=1 group's 4 runs
     wait_until(lambda: squeue(first).get(first) == "RUNNING", f"task {first} to run")
     subprocess.run(["scancel", first], check=True)
     out, err = launcher.communicate(timeout=180)
@@ -240,7 +245,7 @@ def test_a_cancelled_task_is_one_line_naming_it_and_a_rerun_computes_only_its_ru
     rerun = run_cli("multirun", *args)
     assert rerun.returncode == 0, rerun.stderr
     assert "8 jobs (4 computed, 4 resumed)" in rerun.stdout
-    assert len(recorded_tasks(sweep)) == 4  # one new task, for the cancelled one's runs only
+    assert len(submitted_tasks(sweep)) == 4  # one new task, for the cancelled one's runs only
     assert_same_files(sweep, one_cpu_reference)
 
 
@@ -252,9 +257,9 @@ def test_a_task_past_timeout_min_is_one_line_naming_it_and_the_timeout(slurm, tm
         f"hydra.sweep.dir={sweep}", timeout=300,
     )
     assert result.returncode == 1, result.stderr
-    (task,) = recorded_tasks(sweep)
+    (task,) = submitted_tasks(sweep)
     line = _one_error_line(result.stderr)
-    assert f"task {task['job_id']}: TIMEOUT (ran past timeout_min=1)" in line, line
+    assert f"task {task}: TIMEOUT (ran past timeout_min=1)" in line, line
     assert not list(sweep.glob("*/metrics.parquet"))
 
 
@@ -262,9 +267,9 @@ def test_a_task_that_raises_is_one_line_naming_it_and_its_exception(slurm, tmp_p
     sweep = tmp_path / "sweep"
     result = run_cli("multirun", *ONE_TASK, *BATCHED_SLURM, 'hydra.launcher.slurm_setup=["export JAX_PLATFORMS=tpu"]', NO_REPORT, f"hydra.sweep.dir={sweep}")
     assert result.returncode == 1, result.stderr
-    (task,) = recorded_tasks(sweep)
+    (task,) = submitted_tasks(sweep)
     line = _one_error_line(result.stderr)
-    assert f"task {task['job_id']}: RuntimeError: Unable to initialize backend 'tpu'" in line, line
+    assert f"task {task}: RuntimeError: Unable to initialize backend 'tpu'" in line, line
 
 
 def test_without_accounting_a_task_killed_before_its_result_does_not_hang_the_launcher(slurm, tmp_path):
@@ -277,9 +282,9 @@ def test_without_accounting_a_task_killed_before_its_result_does_not_hang_the_la
     sweep = tmp_path / "sweep"
     launcher = start_sweep(*ONE_TASK, *BATCHED_SLURM, NO_REPORT, f"hydra.sweep.dir={sweep}", env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
     try:
-        (task,) = wait_until(lambda: recorded_tasks(sweep), "the launcher to record its task")
-        wait_until(lambda: squeue(task["job_id"]).get(task["job_id"]) == "RUNNING", "the task to run")
-        subprocess.run(["scancel", task["job_id"]], check=True)
+        (task,) = wait_until(lambda: submitted_tasks(sweep), "the launcher to submit its task")
+        wait_until(lambda: squeue(task).get(task) == "RUNNING", "the task to run")
+        subprocess.run(["scancel", task], check=True)
         out, err = launcher.communicate(timeout=120)
     finally:
         if launcher.poll() is None:
@@ -287,7 +292,7 @@ def test_without_accounting_a_task_killed_before_its_result_does_not_hang_the_la
             launcher.communicate()
     assert launcher.returncode == 1, err
     line = _one_error_line(err)
-    assert f"task {task['job_id']}: CANCELLED" in line, line
+    assert f"task {task}: CANCELLED" in line, line
 
 
 # ---------------------------------------------------------------------------------------------
