@@ -315,6 +315,11 @@ def run_on_submitit(
         )
         tasks = list({id(task): task for task, _ in sources.values()}.values())
         failed = _wait_and_write(plan, sources, tasks, options, write_chunk)
+    except KeyboardInterrupt:  # SLURM tasks are recorded: they go on, and a rerun collects them
+        if options.submitit_cluster != "slurm":  # local tasks got the same Ctrl-C
+            raise
+        print("\nvi_sweep: interrupted; submitted tasks keep running: rerun the same command to collect them", file=sys.stderr, flush=True)
+        sys.exit(130)
     except NeverStarts as never:
         cancel([task.job_id for task in submitted] + [task.job_id for task in collected if task.outcome is None])
         for folder in folders:
