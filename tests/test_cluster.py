@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -125,12 +124,85 @@ def test_local_executor_parameters_carry_no_slurm_keys():
 
 
 def test_the_slurm_preset_without_slurm_is_one_line_and_nothing_written(cli, tmp_path):
-    if shutil.which("srun"):
-        pytest.skip("a real SLURM cluster: this would submit")
+    # A machine without SLURM's commands: a PATH without srun (python runs by its absolute path).
+    no_slurm = tmp_path / "empty_bin"
+    no_slurm.mkdir()
     sweep = tmp_path / "sweep"
-    result = cli("multirun", "hydra/launcher=batched_slurm", "lr=0.1", "steps=5", "log_every=5", "d=2", "grid=none", f"hydra.sweep.dir={sweep}")
+    result = cli(
+        "multirun", "hydra/launcher=batched_slurm", "lr=0.1", "steps=5", "log_every=5", "d=2", "grid=none", f"hydra.sweep.dir={sweep}",
+        env={"PATH": str(no_slurm)},
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         'vi_sweep: error: hydra.launcher.submitit_cluster=slurm: Could not detect "srun", are you indeed on a slurm cluster?'
     ]
     assert not sweep.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine's pure parts (the real cluster behind them: tests/test_slurm.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_squeue_and_sacct_lines_become_task_states():
+    from vi_sweep.launch.slurm_queue import TaskState, parse_sacct, parse_squeue
+
+    squeue = parse_squeue("57_0|RUNNING|None\n57_1|PENDING|PartitionConfig\n18|CANCELLED|None\n")
+    assert squeue == {"57_0": TaskState("RUNNING"), "57_1": TaskState("PENDING", "PartitionConfig"), "18": TaskState("CANCELLED")}
+    assert [state.live for state in squeue.values()] == [True, True, False]
+    assert [state.never_starts for state in squeue.values()] == [False, True, False]
+    assert not TaskState("PENDING", "Resources").never_starts  # waiting clears it
+    # Steps and pending array ranges are not tasks; "CANCELLED by 0" has ended.
+    sacct = parse_sacct("57_0|COMPLETED\n57_0.batch|COMPLETED\n57_[1-2]|PENDING\n18|CANCELLED by 0\n")
+    assert sacct == {"57_0": TaskState("COMPLETED"), "18": TaskState("CANCELLED by 0")}
+    assert not sacct["18"].live
+
+
+def test_failure_reasons_are_short_and_name_the_option_involved(tmp_path):
+    from vi_sweep.launch.cluster import describe_end, error_line, sbatch_complaint
+    from vi_sweep.launch.options import BatchedLauncherConf
+    from vi_sweep.launch.slurm_queue import TaskState
+
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nsubmitit.core.utils.UncompletedJobError: Job not requeued because: timed-out and not checkpointable.\n'
+    assert error_line(trace) == "UncompletedJobError: Job not requeued because: timed-out and not checkpointable."
+    assert error_line("KeyboardInterrupt\n") == "KeyboardInterrupt"
+    assert sbatch_complaint(
+        "sbatch: error: Memory specification can not be satisfied\nsbatch: error: Batch job submission failed: Requested node configuration is not available"
+    ) == "Memory specification can not be satisfied; Requested node configuration is not available"
+    options = BatchedLauncherConf(timeout_min=7)
+    log_file = tmp_path / "1_0_log.err"
+    log_file.write_text("starting\nsrun: error: task 0: Killed\n\n")
+    assert describe_end(TaskState("TIMEOUT"), options, log_file) == "TIMEOUT (ran past timeout_min=7)"
+    assert describe_end(TaskState("FAILED"), options, log_file) == "FAILED (srun: error: task 0: Killed)"
+    assert describe_end(TaskState("CANCELLED by 0"), options, log_file) == "CANCELLED by 0"
+    assert describe_end(TaskState("UNKNOWN"), options, log_file).startswith("ended without a result")
+
+
+def test_the_ledger_keeps_whole_lines_and_skips_one_cut_by_a_kill(tmp_path):
+    from vi_sweep.launch.task_ledger import RecordedTask, computation_id, ledger_path, record_tasks, recorded_tasks
+
+    spec, traced = split_fields(composed_fields("lr=0.1", "num_mc=2", "seed=3", "steps=20", "log_every=5", "d=3"))
+    task = RecordedTask("57_0", "/r.pkl", "/l.err", {"devices": 2, "cpu_devices": None}, (computation_id(spec, traced),))
+    record_tasks(tmp_path, [task])
+    with ledger_path(tmp_path).open("a") as ledger:
+        ledger.write('{"job_id": "57_1", "result_f')  # SIGKILL mid-line
+    assert recorded_tasks(tmp_path) == [task]
+    # A run's key ignores the seed where the result does (the exact objective draws nothing).
+    exact = split_fields(composed_fields("objective=exact", "lr=0.1", "seed=3", "steps=20", "log_every=5", "d=3"))
+    other_seed = split_fields(composed_fields("objective=exact", "lr=0.1", "seed=4", "steps=20", "log_every=5", "d=3"))
+    assert computation_id(*exact) == computation_id(*other_seed) != computation_id(spec, traced)
+
+
+def test_a_task_shards_over_the_devices_the_plan_assumed(monkeypatch):
+    from vi_sweep.launch.cluster import allotted_cpus, devices_per_task
+    from vi_sweep.launch.options import BatchedLauncherConf
+
+    assert devices_per_task(BatchedLauncherConf()) == 1
+    assert devices_per_task(BatchedLauncherConf(cpus_per_task=4)) == 4
+    assert devices_per_task(BatchedLauncherConf(cpus_per_task=4, cpu_devices=2)) == 2
+    assert devices_per_task(BatchedLauncherConf(cpus_per_task=4, shard=False)) == 1
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.delenv("SLURM_CPUS_ON_NODE", raising=False)
+    assert allotted_cpus() is None
+    monkeypatch.setenv("SLURM_CPUS_ON_NODE", "1")
+    assert allotted_cpus() == 1

@@ -47,6 +47,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext
 from omegaconf import DictConfig, open_dict
 
+from vi_sweep.launch.cluster import devices_per_task
 from vi_sweep.launch.compose import TemplateComposer
 from vi_sweep.launch.config import ConfigError
 from vi_sweep.launch.history import HISTORY_DIR, sweep_history_entries
@@ -310,7 +311,7 @@ def _compute_and_write(
         split,
         max_batch_floats=budget,
         max_runs_per_call=options.max_runs_per_call,
-        multiple_of=1 if on_submitit else len(devices),
+        multiple_of=devices_per_task(options) if on_submitit else len(devices),
     )
     where = f"submitit ({options.submitit_cluster}) jobs" if on_submitit else f"calls on {len(devices)} device(s)"
     log.info(
@@ -354,17 +355,18 @@ def _compute_and_write(
         if last_chunk_of_group[chunk.spec] == index:
             bar.set_postfix_str(f"groups {plan.groups.index(chunk.spec) + 1}/{len(plan.groups)}")
 
+    # Chunks of exact baselines only run on one device, here and in a submitit task alike.
+    baselines_only = frozenset(
+        index
+        for index, chunk in enumerate(plan.chunks)
+        if all(job >= len(todo) for position in chunk.computations for job in plan.computations[position].jobs)
+    )
     try:
         if on_submitit:
             from vi_sweep.launch.cluster import run_on_submitit
 
-            counters.compiled = run_on_submitit(plan, options, cwd, write_chunk)
+            counters.compiled = run_on_submitit(plan, options, cwd, write_chunk, sweep_dir=sweep_dir, one_device=baselines_only)
         else:
-            baselines_only = frozenset(
-                index
-                for index, chunk in enumerate(plan.chunks)
-                if all(job >= len(todo) for position in chunk.computations for job in plan.computations[position].jobs)
-            )
             _run_here(plan, devices, counters, write_chunk, small=baselines_only)
     finally:
         bar.close()

@@ -69,6 +69,11 @@ class Chunk(NamedTuple):
         """Entries that are distinct work."""
         return self.size - sum(self.padding)
 
+    @property
+    def real_computations(self) -> list[int]:
+        """The computations of the entries that are not padding, in layout order."""
+        return [position for position, padding in zip(self.computations, self.padding) if not padding]
+
 
 class Plan(NamedTuple):
     computations: list[Computation]
