@@ -126,7 +126,7 @@ def recorded_tasks(sweep: Path) -> list[dict]:
 # multirun.yaml), logs with timestamps, and the cluster's bookkeeping.
 def _compared(path: Path) -> bool:
     parts = path.parts
-    return not (parts[0] in (".submitit", ".submit_job") or path.name in ("hydra.yaml", "multirun.yaml") or path.suffix == ".log")
+    return not (parts[0] in (".submitit", ".submit_job", ".vi_sweep") or path.name in ("hydra.yaml", "multirun.yaml") or path.suffix == ".log")
 
 
 def sweep_files(root: Path) -> dict[str, bytes]:

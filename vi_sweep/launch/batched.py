@@ -70,6 +70,7 @@ class SweepJob:
     num: int  # hydra.job.num (a new number if its own directory held another config's run)
     overrides: Sequence[str]
     fields: dict[str, Any]
+    task_values: dict[str, Any]  # its task config, resolved (a few hundred bytes: kept, not composed again for it)
     scenario: str
     out_dir: Path
     resumed: Optional[JobReturn] = None  # set if its run is already finished in the sweep directory
@@ -193,7 +194,7 @@ def compose_jobs(
         except ConfigError as err:
             raise ConfigError(f"{err} (job {num}: {' '.join(filter_overrides(overrides))})") from None
         scenario = job_scenario(cfg)
-        job = SweepJob(num, list(overrides), fields, scenario, out_dir)
+        job = SweepJob(num, list(overrides), fields, task_values, scenario, out_dir)
         key = run_key(fields, scenario)
         found = contents.finished.get(key) if resume else None
         if found is not None:
@@ -201,7 +202,7 @@ def compose_jobs(
             job.resumed = resumed_return(cfg, found.summary)
         elif not placement.is_free(out_dir, key):
             job.num = placement.next_number()
-            _, job.out_dir = _task_values_and_dir(compose_job(hydra_context, config, overrides, job.num, scratch=True), compact)
+            job.task_values, job.out_dir = _task_values_and_dir(compose_job(hydra_context, config, overrides, job.num, scratch=True), compact)
             if not placement.is_free(job.out_dir, key):
                 raise ConfigError(
                     f"job {num} ({' '.join(filter_overrides(overrides))}): its directory {out_dir} holds a finished run of "
@@ -479,7 +480,7 @@ def write_job(hydra_context: HydraContext, config: DictConfig, job: SweepJob, ro
     def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
         _quiet_console()
         try:
-            return finish_job(job.out_dir, task_cfg, job.fields, job.scenario, rows, diverged_at, echo=False)
+            return finish_job(job.out_dir, task_cfg, job.fields, job.scenario, rows, diverged_at, echo=False, task_values=job.task_values)
         except OSError as err:
             failed_write.append(err)
             raise

@@ -59,12 +59,17 @@ def finish_job(
     diverged_at: int,
     *,
     echo: bool = True,
+    task_values: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the job's parquet atomically, optionally print its rows; return a small summary."""
+    """Write the job's parquet atomically, optionally print its rows; return a small summary.
+
+    ``task_values``: the job's task config, resolved, if the caller has it already (the batched
+    launcher resolved it when it composed the job); else it is resolved from ``cfg`` here.
+    """
     table = metrics_table(rows, fields, diverged_at, scenario)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    resolved = {k: v for k, v in resolved.items() if k != "hydra"}  # type: ignore[union-attr]
-    resolved["scenario"] = scenario
+    if task_values is None:
+        task_values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}  # type: ignore[union-attr]
+    resolved = {**task_values, "scenario": scenario}
     path = write_metrics(out_dir, table, resolved_config=resolved, fields=fields)
     if echo:  # the logged rows, as the notebook printed them (tail probes are in the file only)
         for i in np.flatnonzero(~np.asarray(rows["probe"], bool)):
