@@ -437,6 +437,24 @@ def test_sgd_sweeps_get_the_theory_overlays_and_adam_sweeps_do_not(sgd_sweep, st
     assert theory_overlays(load_sweep(story_sweep)) == {}
 
 
+def test_the_theory_legend_sits_below_the_axis_label_however_few_rows_the_map_has(sgd_sweep):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vi_sweep.analysis.render import theory_overlays
+
+    runs = load_sweep(sgd_sweep)
+    overlays = theory_overlays(runs)
+    cells = phase_table(runs)
+    for rows in (cells[cells["num_mc"] == 1], cells):  # one row of cells, and two
+        for figure in (phase_map(rows, overlays=overlays["phase_map"]), excess_heatmap(rows, overlays=overlays["excess_over_exact"])):
+            canvas = FigureCanvasAgg(figure)
+            canvas.draw()  # places the axis label
+            renderer = canvas.get_renderer()
+            ax = figure.axes[0]
+            legend, label = ax.get_legend().get_window_extent(renderer), ax.xaxis.label.get_window_extent(renderer)
+            assert legend.y1 < label.y0  # display coordinates: y grows upwards
+
+
 def test_runs_started_at_the_optimum_go_wrong_only_past_the_stability_limits(sgd_sweep):
     runs = load_sweep(sgd_sweep).set_index(["lr", "num_mc"])
     wrong = {"diverged", "unstable", "collapsed"}
