@@ -1,9 +1,10 @@
-"""The report: the default grid's story, reproducible files, CLI errors, the multirun callback, the notebook."""
+"""The report: the default grid's story, reproducible files, CLI errors, the multirun callback.
+
+(The notebooks of analysis/notebooks/ are run in tests/test_notebooks.py.)"""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -255,21 +256,6 @@ def test_import_analysis_gives_its_exports_and_submodules_lazily():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-
-
-def test_example_notebook_rebuilds_the_phase_map(tiny_sweep, monkeypatch):
-    import nbformat
-    from nbclient import NotebookClient
-
-    monkeypatch.setenv("VI_SWEEP_DIR", str(tiny_sweep))
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    notebook = nbformat.read(REPO / "analysis" / "notebooks" / "phase_map.ipynb", as_version=4)
-    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # committed clean
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
-    assert not [o for o in outputs if o.output_type == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # the phase map was drawn
-    assert any("frac_converged" in o.get("data", {}).get("text/plain", "") for o in outputs)  # the phase table
 
 
 def test_figures_are_shared_with_the_helper_and_drawn_here_if_it_fails():
