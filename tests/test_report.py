@@ -113,6 +113,23 @@ def test_figures_call_overlays_with_panel_coordinates(story_sweep):
     assert curves[0].facet == {"lr": 0.2, "num_mc": 1} and set(curves[0].data["step"]) == set(row_steps(2000, 200)[0])
 
 
+def test_compare_curves_draws_a_line_per_series_in_a_panel_per_facet_and_value(story_sweep):
+    from vi_sweep.analysis import load_trajectories
+    from vi_sweep.analysis.figures import compare_curves
+
+    steps = load_trajectories(story_sweep)
+    steps = steps.assign(estimator=np.where(steps["seed"] == 0, "reparam", "stl"))  # two series of one seed each
+    fig = compare_curves(steps, ["kl_excess", "sigma_mean"], series=["estimator"], facet_by=["lr", "num_mc"])
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 10 * 2  # 5 lr x 2 num_mc facets, each with its two values side by side
+    assert all(len(ax.get_lines()) == 2 for ax in panels)
+    assert [line.get_label() for line in panels[0].get_lines()] == ["estimator=reparam", "estimator=stl"]
+    assert {line.get_color() for ax in panels for line in ax.get_lines() if line.get_label() == "estimator=stl"} == {"#E69F00"}
+    kl, sigma = panels[0], panels[1]  # lr = 1e-4, num_mc = 1: KL falls from 151 to 131, sigma stays within a decade
+    assert (kl.get_title(), kl.get_yscale(), sigma.get_yscale()) == ("lr=1e-4, num_mc=1", "linear", "linear")
+    assert panels[2 * 2].get_yscale() == "log"  # lr = 0.05: the KL excess falls by decades
+
+
 def test_report_cli_missing_dir_is_one_line_exit_2(cli, tmp_path):
     result = cli("report", str(tmp_path / "missing"))
     assert result.returncode == 2

@@ -365,10 +365,10 @@ def kl_curves(
     return fig
 
 
-VALUE_LABELS = {
-    "kl_excess": "KL excess over q* (nats)",
+VALUE_LABELS = {  # short: a label must fit the height of one panel
+    "kl_excess": "KL excess (nats)",
     "kl": "KL(q || p) (nats)",
-    "loss": "loss (MC negative ELBO)",
+    "loss": "neg. ELBO (MC)",
     "sigma_mean": "mean of sigma",
     "sigma_min": "min of sigma",
     "sigma_max": "max of sigma",
@@ -407,8 +407,8 @@ def compare_curves(
         Config keys drawn as separate lines, and with one panel per value
         (:func:`vi_sweep.analysis.phase.series_keys`, :func:`vi_sweep.analysis.phase.facet_keys`).
     log
-        Log y axes; KL values below :data:`KL_DISPLAY_FLOOR` are drawn at it, other non-positive
-        values are left out.
+        Log y axes where a panel's values span more than a decade; KL values below
+        :data:`KL_DISPLAY_FLOOR` are drawn at it, other non-positive values are left out.
     """
     values, series = list(values), list(series)
     facets = split_facets(trajectories, axes=(), keys=list(facet_by))
@@ -432,15 +432,16 @@ def compare_curves(
                 with np.errstate(all="ignore"), _quiet_all_nan():
                     ax.fill_between(table.index, np.nanmin(shown, axis=1), np.nanmax(shown, axis=1), color=colour, alpha=0.25, linewidth=0)
                     ax.plot(table.index, np.nanmedian(shown, axis=1), color=colour, linestyle=dashes, label=facet_title(line) or "all runs")
-            if log:
-                log_axis(ax, "y", _shown_values(rows[value].to_numpy(float), value, log), around=1.0)
+            shown = _shown_values(rows[value].to_numpy(float), value, log)
+            if log and _decades(shown) > 1:  # within a decade a log axis reads worse (a label per minor tick)
+                log_axis(ax, "y", shown, around=1.0)
             title = facet_title(facet)
             if title:
                 ax.set_title(title, fontsize=6)
             row, column = divmod(list(axes.ravel()).index(ax), ncols)
             if row == nrows - 1 or (row + 1) * ncols + column >= len(panels):  # the lowest panel of its column
                 ax.set_xlabel("step")
-            if len(values) > 1 or column == 0:  # one value: the left column says it for the row
+            if len(values) > 1:  # one value: a single label for the figure, below
                 ax.set_ylabel(VALUE_LABELS.get(value, value))
             ax.tick_params(length=2)
             for side in ("top", "right"):
@@ -451,6 +452,8 @@ def compare_curves(
             handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), frameon=False, bbox_to_anchor=(0.5, 1.0),
             title="median over seeds, band: min to max", title_fontsize=6,
         )
+        if len(values) == 1:
+            fig.supylabel(VALUE_LABELS.get(values[0], values[0]), fontsize=mpl.rcParams["axes.labelsize"])
         fig.tight_layout()
     return fig
 
@@ -463,6 +466,12 @@ def _shown_values(values: np.ndarray, column: str, log: bool) -> np.ndarray:
     if column.startswith("kl"):
         return np.maximum(values, KL_DISPLAY_FLOOR)
     return np.where(values > 0, values, np.nan)
+
+
+def _decades(values: np.ndarray) -> float:
+    """How many decades the positive finite ``values`` span (inf if none: a log axis then shows an empty decade range)."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    return float(np.log10(positive.max() / positive.min())) if len(positive) else float("inf")
 
 
 @contextlib.contextmanager
