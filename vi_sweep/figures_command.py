@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FiguresError as err:
         print(f"vi_sweep: error: {err}", file=sys.stderr)
         return err.status
+    except OSError as err:  # a folder that cannot be written (permissions, a full disk): say which
+        print(f"vi_sweep: error: cannot write {err.filename or args.img}: {err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
