@@ -1,9 +1,12 @@
-"""Command line: ``python -m vi_sweep {run,multirun,report} ...``.
+"""Command line: ``python -m vi_sweep {run,multirun,report,figures} ...``.
 
 - ``run [overrides]``: one training run (Hydra's ``--cfg``, ``--help``, ``hydra.run.dir=`` ... work).
 - ``multirun [overrides]``: a sweep (same as Hydra's ``-m``); with no overrides the default grid
   from ``conf/grid/default.yaml`` runs.
 - ``report SWEEP_DIR``: classify the runs of a sweep and write ``SWEEP_DIR/report/``.
+- ``figures [--check] [--only NAME]``: run the sweeps of the paper figures declared in
+  ``analysis/figures.yaml``, draw them into ``analysis/img/`` with a manifest, or check them
+  against it (:mod:`vi_sweep.figures_command`).
 
 Before Hydra starts, the overrides are checked (:mod:`vi_sweep.launch.precheck`), so bad input is
 one line on stderr, exit code 2, and no output directory is created.
@@ -16,7 +19,7 @@ import os
 import sys
 from typing import NoReturn, Sequence
 
-COMMANDS = ("run", "multirun", "report")
+COMMANDS = ("run", "multirun", "report", "figures")
 _INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 
 
@@ -35,6 +38,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vi_sweep.analysis.report import main as report_main
 
         return report_main(args[1:])
+    if args and args[0] == "figures":
+        from vi_sweep.figures_command import main as figures_main
+
+        return figures_main(args[1:])
     if args and args[0] == "run":
         args = args[1:]
     elif args and args[0] == "multirun":

@@ -1,4 +1,5 @@
-"""Publication figures of a classified sweep: phase map, KL-excess heatmap, KL curves, sigma statistics.
+"""Publication figures of a classified sweep: phase map, KL-excess heatmap, KL curves, sigma
+statistics, and curves that compare estimators or optimizers (:func:`compare_curves`).
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global
 state, nothing left open; in a notebook the figure displays inline) and sized for one paper
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
@@ -361,6 +363,123 @@ def kl_curves(
         fig.legend(handles, labels, loc="lower center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))
         fig.tight_layout()
     return fig
+
+
+VALUE_LABELS = {  # short: a label must fit the height of one panel
+    "kl_excess": "KL excess (nats)",
+    "kl": "KL(q || p) (nats)",
+    "loss": "neg. ELBO (MC)",
+    "sigma_mean": "mean of sigma",
+    "sigma_min": "min of sigma",
+    "sigma_max": "max of sigma",
+    "sigma_std": "std of sigma",
+    "mu_norm": "|mu|",
+    "mean_error": "|mu - m|",
+    "grad_norm": "gradient norm",
+}
+SERIES_DASHES = ("-", "--", "-.", ":")  # with the colours, so that lines read in greyscale too
+
+
+def compare_curves(
+    trajectories: pd.DataFrame,
+    values: Sequence[str] = ("kl_excess",),
+    *,
+    series: Sequence[str] = (),
+    facet_by: Sequence[str] = (),
+    log: bool = True,
+    overlays: Sequence[Overlay] = (),
+) -> Figure:
+    """Metrics against step: one line per series (e.g. per estimator), one panel per facet and value.
+
+    Each line is the median over the runs of its series in the panel -- the seeds, when
+    ``series`` and ``facet_by`` hold every swept key -- and its band their min-max range. Colours
+    and dashes follow the sorted series values, the same in every panel.
+
+    Parameters
+    ----------
+    trajectories
+        One row per logged step per run with its config columns
+        (:func:`vi_sweep.analysis.load.load_trajectories`): ``run``, ``step``, the ``values``.
+    values
+        Metric columns to draw (:data:`VALUE_LABELS`): one column of panels each. With one value
+        the facets fill two columns.
+    series, facet_by
+        Config keys drawn as separate lines, and with one panel per value
+        (:func:`vi_sweep.analysis.phase.series_keys`, :func:`vi_sweep.analysis.phase.facet_keys`).
+    log
+        Log y axes where a panel's values span more than a decade; KL values below
+        :data:`KL_DISPLAY_FLOOR` are drawn at it, other non-positive values are left out.
+    """
+    values, series = list(values), list(series)
+    facets = split_facets(trajectories, axes=(), keys=list(facet_by))
+    lines = [dict(zip(series, combo)) for combo in trajectories[series].drop_duplicates().sort_values(series).itertuples(index=False)] if series else [{}]
+    panels = [(facet, rows, value) for facet, rows in facets for value in values]
+    ncols = len(values) if len(values) > 1 else min(2, len(panels))
+    nrows = int(np.ceil(len(panels) / ncols))
+    fig = Figure(figsize=(COLUMN_WIDTH, 0.45 + 1.15 * nrows))
+    with paper_style():
+        axes = fig.subplots(nrows, ncols, squeeze=False)
+        for ax in axes.ravel()[len(panels) :]:
+            ax.set_visible(False)
+        for ax, (facet, rows, value) in zip(axes.ravel(), panels):
+            for i, line in enumerate(lines):
+                members = select_rows(rows, line)
+                if members.empty:
+                    continue
+                table = members.pivot(index="step", columns="run", values=value)
+                shown = _shown_values(table.to_numpy(float), value, log)
+                colour, dashes = SERIES_COLOURS[i % len(SERIES_COLOURS)], SERIES_DASHES[i % len(SERIES_DASHES)]
+                with np.errstate(all="ignore"), _quiet_all_nan():
+                    ax.fill_between(table.index, np.nanmin(shown, axis=1), np.nanmax(shown, axis=1), color=colour, alpha=0.25, linewidth=0)
+                    ax.plot(table.index, np.nanmedian(shown, axis=1), color=colour, linestyle=dashes, label=facet_title(line) or "all runs")
+            shown = _shown_values(rows[value].to_numpy(float), value, log)
+            if log and _decades(shown) > 1:  # within a decade a log axis reads worse (a label per minor tick)
+                log_axis(ax, "y", shown, around=1.0)
+            title = facet_title(facet)
+            if title:
+                ax.set_title(title, fontsize=6)
+            row, column = divmod(list(axes.ravel()).index(ax), ncols)
+            if row == nrows - 1 or (row + 1) * ncols + column >= len(panels):  # the lowest panel of its column
+                ax.set_xlabel("step")
+            if len(values) > 1:  # one value: a single label for the figure, below
+                ax.set_ylabel(VALUE_LABELS.get(value, value))
+            ax.tick_params(length=2)
+            for side in ("top", "right"):
+                ax.spines[side].set_visible(False)
+            _run_overlays(overlays, Panel(ax, rows, dict(facet), lambda v: v, lambda v: v))
+        handles, labels = axes.ravel()[0].get_legend_handles_labels()
+        fig.legend(
+            handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), frameon=False, bbox_to_anchor=(0.5, 1.0),
+            title="median over seeds, band: min to max", title_fontsize=6,
+        )
+        if len(values) == 1:
+            fig.supylabel(VALUE_LABELS.get(values[0], values[0]), fontsize=mpl.rcParams["axes.labelsize"])
+        fig.tight_layout()
+    return fig
+
+
+def _shown_values(values: np.ndarray, column: str, log: bool) -> np.ndarray:
+    """What a curve draws: finite values; on a log axis KLs floored at :data:`KL_DISPLAY_FLOOR`, other non-positive values dropped."""
+    values = np.where(np.isfinite(values), values, np.nan)
+    if not log:
+        return values
+    if column.startswith("kl"):
+        return np.maximum(values, KL_DISPLAY_FLOOR)
+    return np.where(values > 0, values, np.nan)
+
+
+def _decades(values: np.ndarray) -> float:
+    """How many decades the positive finite ``values`` span (inf if none: a log axis then shows an empty decade range)."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    return float(np.log10(positive.max() / positive.min())) if len(positive) else float("inf")
+
+
+@contextlib.contextmanager
+def _quiet_all_nan() -> Iterator[None]:
+    """numpy warns on a step where every run of a line is NaN (e.g. all diverged); the curve just has a gap there."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        yield
 
 
 def sigma_statistics(runs: pd.DataFrame, *, facet: Mapping[str, Any] | None = None, overlays: Sequence[Overlay] = ()) -> Figure:

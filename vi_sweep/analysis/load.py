@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from vi_sweep.analysis.outcomes import Thresholds, classify
-from vi_sweep.analysis.read import config_columns, read_sweep
+from vi_sweep.analysis.read import Sweep, config_columns, read_sweep
 from vi_sweep.analysis.references import exact_baselines
 
 
@@ -24,8 +24,11 @@ def load_trajectories(path: str | os.PathLike, *, config: bool = True) -> pd.Dat
     so ``frame.query("lr == 0.05 and num_mc == 32")`` works directly.
     """
     sweep = read_sweep(path)
-    if not config:
-        return sweep.trajectories
+    return trajectories_with_config(sweep) if config else sweep.trajectories
+
+
+def trajectories_with_config(sweep: Sweep) -> pd.DataFrame:
+    """The long table of a sweep already read, each row with its run's ``job`` and config columns."""
     keys = ["run", "job", *config_columns(sweep.runs)]
     return sweep.runs[keys].merge(sweep.trajectories, on="run", how="right", validate="one_to_many")
 

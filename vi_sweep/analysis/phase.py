@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import zlib
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
 from vi_sweep.analysis.outcomes import OUTCOMES
-from vi_sweep.analysis.read import config_columns
+from vi_sweep.analysis.read import SweepError, config_columns
 
 SEVERITY = ("diverged", "collapsed", "unstable", "stalled", "undetermined", "slow", "converged")
 """Tie-break order of the majority outcome: worst first, so a 1-1-1 split never reads as success."""
@@ -43,6 +44,46 @@ def cell_keys(runs: pd.DataFrame) -> list[str]:
         if column in ALWAYS_KEYS or swept:
             keys.append(column)
     return keys
+
+
+PHASE_AXES = ("lr", "num_mc")  # what a phase map shows on its axes
+SERIES_KEYS = ("estimator", "optimizer")  # what a comparison of trajectories draws as lines, when swept
+
+
+def series_keys(runs: pd.DataFrame, series: Sequence[str] | None = None) -> list[str]:
+    """The keys whose values are drawn as separate lines: ``series``, default the swept ones of
+    :data:`SERIES_KEYS` (a sweep over ``objective.estimator=reparam,stl,score`` gives ``["estimator"]``)."""
+    if series is not None:
+        _check_columns(runs, series, "series")
+        return list(series)
+    swept = cell_keys(runs)
+    return [key for key in SERIES_KEYS if key in swept]
+
+
+def facet_keys(runs: pd.DataFrame, facet_by: Sequence[str] | None = None, *, shown: Sequence[str] = PHASE_AXES) -> list[str]:
+    """The keys with one panel (or figure) per value: ``facet_by``, default every swept key not ``shown``.
+
+    ``shown`` are the keys a figure shows otherwise (a phase map's axes, the lines of a
+    comparison). Every swept key must be shown or faceted: a key left out would pool runs that
+    differ in it as if they were seeds (and a table of one row per lr x num_mc could not be
+    made: pandas' "Index contains duplicate entries"), so that is a :class:`SweepError` naming it.
+    """
+    swept = [key for key in cell_keys(runs) if key not in shown]
+    if facet_by is None:
+        return swept
+    _check_columns(runs, facet_by, "facet_by")
+    missing = [key for key in swept if key not in facet_by and runs[key].nunique(dropna=False) > 1]
+    if missing:
+        raise SweepError(f"{', '.join(missing)} also varies in this sweep: facet by it too, or select one value first")
+    return list(facet_by)
+
+
+def _check_columns(runs: pd.DataFrame, keys: Sequence[str], what: str) -> None:
+    if isinstance(keys, str):
+        raise SweepError(f"{what}: expected a list of config keys, got the string {keys!r}")
+    unknown = [key for key in keys if key not in runs.columns]
+    if unknown:
+        raise SweepError(f"{what}: {', '.join(map(str, unknown))} is not a config column of this sweep (swept: {', '.join(cell_keys(runs))})")
 
 
 def majority_outcome(counts: pd.DataFrame) -> pd.Series:

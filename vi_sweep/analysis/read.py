@@ -55,6 +55,10 @@ READ_THREADS = min(8, os.cpu_count() or 2)  # pyarrow decodes without the GIL; m
 class SweepError(Exception):
     """A user-facing problem with a sweep directory as a whole (missing, empty). One line."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of a traceback: in a notebook, too, the error is its one line."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class SkippedFileWarning(UserWarning):
     """A job's ``metrics.parquet`` could not be read and was left out of the analysis."""

@@ -72,10 +72,11 @@ def theory_overlays(runs: pd.DataFrame) -> dict[str, list[Overlay]]:
                 panel.ax.plot(
                     panel.x_of(line.lr), panel.y_of(line.num_mc), label=line.label, linestyle=dashes, **THEORY_STYLES[line.style]
                 )
-            # Below the axes: inside, the legend would hide cells.
+            # Below the axes: inside, the legend would hide cells. Its gap is in font sizes, not in
+            # axes fractions, so it clears the tick labels and the axis label at any number of rows.
             # The white iso-KL lines need a grey legend box to be seen.
             panel.ax.legend(
-                loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize="x-small",
+                loc="upper center", bbox_to_anchor=(0.5, 0.0), borderaxespad=LEGEND_GAP, fontsize="x-small",
                 frameon=kind == "kl", facecolor="0.55", edgecolor="none",
             )
 
@@ -84,5 +85,6 @@ def theory_overlays(runs: pd.DataFrame) -> dict[str, list[Overlay]]:
     return {"phase_map": [overlay("phase")], "excess_over_exact": [overlay("kl")]}
 
 
+LEGEND_GAP = 6.0  # legend font sizes between the axes and the theory legend: below the ticks and the axis label
 THEORY_STYLES = {"limit": dict(color="black", linewidth=1.2), "level": dict(color="white", linewidth=1.2)}
 THEORY_DASHES = ("--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)))  # one per curve, so they read in greyscale
