@@ -290,8 +290,11 @@ def _compute_and_write(
     )
     from vi_sweep.core.trainer import split_fields
     from vi_sweep.store.baselines import baseline_key, baseline_table, cache_file, write_baseline
+    from vi_sweep.store.optima import prepare_optima
 
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))  # jobs may chdir; this must not move
+    # Regression targets: q* (float64, once per posterior) from the sweep's cache or solved and cached there.
+    prepare_optima(sweep_dir, [jobs[position].fields for position in todo] + twins)
     # The twins come last: planned as jobs len(todo), len(todo) + 1, ..., their group after the jobs' groups,
     # so they never delay the first call (their program is traced while the jobs train).
     split = [split_fields(jobs[position].fields) for position in todo] + [split_fields(twin) for twin in twins]

@@ -106,11 +106,15 @@ def start_batch(spec, traced: Sequence[dict], devices) -> tuple:
 
 
 def to_numpy(outputs) -> tuple:
-    """Block on ``(state, rows)`` futures; return ``(diverged_at, {column: array})`` as numpy."""
+    """Block on ``(state, rows)`` futures; return ``(diverged_at, {column: array})`` as numpy,
+    the columns with each run's final parameters (``vi_sweep.core.trainer.FINAL_PARAMS``)."""
     import numpy as np
 
+    from vi_sweep.core.trainer import final_params
+
     state, rows = outputs
-    return np.asarray(state.diverged_at), {name: np.asarray(value) for name, value in rows._asdict().items()}
+    columns = {name: np.asarray(value) for name, value in rows._asdict().items()}
+    return np.asarray(state.diverged_at), {**columns, **final_params(state)}
 
 
 @dataclass

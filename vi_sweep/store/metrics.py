@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 METRICS_FILE = "metrics.parquet"
 FORMAT = "2"  # 2: kl_excess, the final step always logged, every field typed, status ok|nonfinite
-_TMP_PREFIX, _TMP_SUFFIX = f".{METRICS_FILE}.", ".tmp"  # write_metrics' temporary files
+_TMP_SUFFIX = ".tmp"  # temporary files are .<name>.<random>.tmp beside <name>
 METRIC_TYPES = {
     "step": pa.int64(),
     "probe": pa.bool_(),  # a tail probe row (vi_sweep.core.trainer.row_steps), not one of the logged rows
@@ -135,11 +135,19 @@ def write_metrics(
             b"vi_sweep.complete": b"1",
         }
     )
-    table = table.replace_schema_metadata(metadata)
-    path = out_dir / METRICS_FILE
-    for stale in out_dir.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):  # left by a process killed mid-write
+    return write_table_atomically(out_dir / METRICS_FILE, table.replace_schema_metadata(metadata))
+
+
+def write_table_atomically(path: Path, table: pa.Table) -> Path:
+    """Write ``table`` to ``path`` (parquet, page checksums) via a temporary file + ``os.replace``.
+
+    Stale temporary files of the same name left by a killed process are removed first (one
+    writer per file).
+    """
+    out_dir, prefix = path.parent, f".{path.name}."
+    for stale in out_dir.glob(f"{prefix}*{_TMP_SUFFIX}"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=out_dir)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=_TMP_SUFFIX, dir=out_dir)
     try:
         with os.fdopen(fd, "wb") as handle:
             pq.write_table(table, handle, write_page_checksum=True)

@@ -1,0 +1,311 @@
+r"""Regression posteriors (logistic, Poisson) against independent float64 references.
+
+The references below are written out here from the model's definition, in float64 numpy, and
+never call the code under test (only its data and, where the K-node rule *is* the objective, its
+nodes):
+
+- the log joint :math:`\log\mathcal N(z; 0, \tau^2 I) + \sum_i \log p(y_i \mid x_i^\top z)`, with
+  Bernoulli and Poisson log-pmfs (``math.lgamma``), evaluated on :math:`10^6` draws of q;
+- the expected log likelihood by Gauss-Hermite quadrature with ``numpy.polynomial.hermite_e``
+  and the prior and entropy terms :math:`\mathbb E_q\log\mathcal N(z;0,\tau^2 I) =
+  -\tfrac d2\log(2\pi\tau^2) - \frac{\|\mu\|^2 + \|\sigma\|^2}{2\tau^2}`,
+  :math:`H(q) = \sum_j s_j + \tfrac d2(1 + \log 2\pi)`;
+- gradients by central finite differences of that float64 function.
+
+Small synthetic data (n = 200, d = 5) except the tests marked as the real-dataset checks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.sweeps import composed_fields, flat_fields, grid, write_sweep
+from tests.test_estimators import gradient_draws, mc_objective, within_confidence
+from vi_sweep.core import datasets, regression
+from vi_sweep.core.objectives import ESTIMATORS, Params
+from vi_sweep.core.targets import make_target
+from vi_sweep.core.trainer import as_hyper, jitted_batch_train, split_fields, train_one
+
+D, ROWS = 5, 200
+SYNTHETIC = dict(dataset="synthetic", num_rows=ROWS, feature_correlation=0.5, data_seed=3, prior_scale=1.5)
+FAMILIES = {"logistic_regression": datasets.BINARY, "poisson_regression": datasets.COUNT}
+NODES = 64  # the logistic builder's default
+
+
+def synthetic_target(name, **overrides):
+    return make_target(name, D, **dict(SYNTHETIC, **overrides))
+
+
+def data_of(name, d=D, **params):
+    params = dict(SYNTHETIC, **params)
+    data = datasets.load_dataset(params["dataset"], FAMILIES[name], d, params["num_rows"], params["feature_correlation"], params["data_seed"])
+    return data.features, data.response, params["prior_scale"]
+
+
+def f64(x):
+    return np.asarray(x, np.float64)
+
+
+# --- float64 references ----------------------------------------------------------------------
+
+
+def log_joint(z, x, y, name, tau):
+    """log p(y, z) for z of shape (..., d), straight from the model."""
+    t = z @ x.T
+    if name == "logistic_regression":
+        likelihood = np.sum(y * t - np.logaddexp(0.0, t), axis=-1)
+    else:
+        log_factorials = np.array([math.lgamma(v + 1.0) for v in y])
+        likelihood = np.sum(y * t - np.exp(t) - log_factorials, axis=-1)
+    d = z.shape[-1]
+    return likelihood - 0.5 * np.sum(z * z, axis=-1) / tau**2 - d * np.log(tau) - 0.5 * d * np.log(2 * np.pi)
+
+
+def monte_carlo_neg_elbo(mu, log_sigma, x, y, name, tau, draws=10**6, chunk=10**5, seed=0):
+    """Mean and standard error of log q(z) - log p(y, z) over ``draws`` z ~ q (float64)."""
+    rng = np.random.default_rng(seed)
+    sigma = np.exp(log_sigma)
+    values = []
+    for _ in range(draws // chunk):
+        eps = rng.standard_normal((chunk, len(mu)))
+        z = mu + sigma * eps
+        log_q = -0.5 * np.sum(eps * eps, axis=1) - np.sum(log_sigma) - 0.5 * len(mu) * np.log(2 * np.pi)
+        values.append(log_q - log_joint(z, x, y, name, tau))
+    values = np.concatenate(values)
+    return values.mean(), values.std(ddof=1) / np.sqrt(len(values))
+
+
+def hermite_rule(num_nodes):
+    nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
+    return nodes, weights / np.sqrt(2 * np.pi)
+
+
+def quadrature_neg_elbo(mu, log_sigma, x, y, name, tau, rule):
+    """-E_q log p(y | z) by the 1-d rule ``(nodes, weights)`` over each t_i ~ N(m_i, v_i), prior and entropy in closed form."""
+    nodes, weights = rule
+    sigma = np.exp(log_sigma)
+    m, r = x @ mu, np.sqrt((x * x) @ (sigma * sigma))
+    t = m[:, None] + r[:, None] * nodes[None, :]
+    if name == "logistic_regression":
+        log_lik = (y[:, None] * t - np.logaddexp(0.0, t)) @ weights
+    else:
+        log_factorials = np.array([math.lgamma(v + 1.0) for v in y])
+        log_lik = (y[:, None] * t - np.exp(t)) @ weights - log_factorials
+    d = len(mu)
+    expected_log_prior = -0.5 * d * np.log(2 * np.pi * tau**2) - (mu @ mu + sigma @ sigma) / (2 * tau**2)
+    entropy = np.sum(log_sigma) + 0.5 * d * (1 + np.log(2 * np.pi))
+    return -(np.sum(log_lik) + expected_log_prior + entropy)
+
+
+def finite_difference_gradient(function, mu, log_sigma, h=1e-5):
+    point = np.concatenate([mu, log_sigma])
+    d = len(mu)
+    grad = np.zeros_like(point)
+    for k in range(len(point)):
+        up, down = point.copy(), point.copy()
+        up[k] += h
+        down[k] -= h
+        grad[k] = (function(up[:d], up[d:]) - function(down[:d], down[d:])) / (2 * h)
+    return grad
+
+
+def points(target):
+    """Where the checks are made: q* itself, a point away from it, and the trainer's start."""
+    mu_star, log_sigma_star = (f64(v) for v in target.meanfield_optimum())
+    return {
+        "optimum": (mu_star, log_sigma_star),
+        "away": (mu_star + np.array([0.4, -0.3, 0.2, 0.5, -0.6]), log_sigma_star + np.array([0.5, -0.4, 0.3, 0.8, -0.2])),
+        "start": (np.zeros(D), np.full(D, -2.0)),
+    }
+
+
+def jax_value(method, mu, log_sigma):
+    return float(method(jnp.asarray(mu, jnp.float32), jnp.asarray(log_sigma, jnp.float32)))
+
+
+def rounded(x):
+    """The float32 value the target sees, back in float64 (references take the same point)."""
+    return np.float32(x).astype(np.float64)
+
+
+# --- the exact objective -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_exact_objective_equals_a_million_draw_monte_carlo_estimate(name):
+    target = synthetic_target(name)
+    x, y, tau = data_of(name)
+    for label, (mu, log_sigma) in points(target).items():
+        mu, log_sigma = rounded(mu), rounded(log_sigma)
+        estimate, stderr = monte_carlo_neg_elbo(mu, log_sigma, x, y, name, tau)
+        exact = jax_value(target.neg_elbo, mu, log_sigma)
+        assert abs(exact - estimate) <= 5 * stderr + 1e-6 * abs(estimate), (label, exact, estimate, stderr)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_exact_objective_equals_a_quadrature_with_four_times_the_nodes(name):
+    """Logistic: the 64-node rule against 256 nodes; Poisson: its closed form against 256 nodes."""
+    target = synthetic_target(name)
+    x, y, tau = data_of(name)
+    for label, (mu, log_sigma) in points(target).items():
+        mu, log_sigma = rounded(mu), rounded(log_sigma)
+        reference = quadrature_neg_elbo(mu, log_sigma, x, y, name, tau, hermite_rule(4 * NODES))
+        assert jax_value(target.neg_elbo, mu, log_sigma) == pytest.approx(reference, rel=1e-6), label
+
+
+def test_on_the_real_dataset_64_nodes_are_within_1e_6_of_256_at_q_star():
+    """The rule's own error (float64, both rules), where breast cancer's predictors are widest (r up to ~12)."""
+    name = "logistic_regression"
+    config = regression.posterior_config(name, 31, {"dataset": "breast_cancer", "prior_scale": 1.0, "quadrature_nodes": NODES})
+    problem = regression.regression_problem(config)
+    mu, log_sigma = regression.regression_optimum(name, 31, dataset="breast_cancer", prior_scale=1.0, quadrature_nodes=NODES)
+    mine = quadrature_neg_elbo(mu, log_sigma, problem.features, problem.response, name, 1.0, hermite_rule(NODES))
+    finer = quadrature_neg_elbo(mu, log_sigma, problem.features, problem.response, name, 1.0, hermite_rule(4 * NODES))
+    assert mine == pytest.approx(finer, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_the_gradient_of_the_exact_objective_matches_finite_differences(name):
+    target = synthetic_target(name)
+    x, y, tau = data_of(name)
+    rule = hermite_rule(4 * NODES)
+    grad = jax.grad(lambda p: target.neg_elbo(p.mu, p.log_sigma))
+    for label, (mu, log_sigma) in points(target).items():
+        mu, log_sigma = rounded(mu), rounded(log_sigma)
+        reference = finite_difference_gradient(lambda m, s: quadrature_neg_elbo(m, s, x, y, name, tau, rule), mu, log_sigma)
+        g = grad(Params(jnp.asarray(mu, jnp.float32), jnp.asarray(log_sigma, jnp.float32)))
+        mine = np.concatenate([f64(g.mu), f64(g.log_sigma)])
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=2e-4 * (1 + np.max(np.abs(reference))), err_msg=label)
+
+
+def test_the_poisson_closed_form_matches_quadrature_per_observation():
+    """E exp(t) = exp(m + v/2) for t ~ N(m, v): the closed form against a 200-node rule, one observation at a time."""
+    target = synthetic_target("poisson_regression")
+    x, y, _ = data_of("poisson_regression")
+    nodes, weights = hermite_rule(200)
+    for mu, log_sigma in points(target).values():
+        mu, log_sigma = rounded(mu), rounded(log_sigma)
+        m, r = x @ mu, np.sqrt((x * x) @ np.exp(2 * log_sigma))
+        rate = np.exp(m[:, None] + r[:, None] * nodes[None, :]) @ weights
+        closed = f64(target.expected_neg_log_likelihood(jnp.asarray(m, jnp.float32), jnp.asarray(r * r, jnp.float32)))
+        scale = rate + np.abs(y * m)  # float32 keeps ~1e-7 of each part of the difference
+        assert np.all(np.abs(closed - (rate - y * m)) <= 1e-6 * scale), np.max(np.abs(closed - (rate - y * m)) / scale)
+
+
+# --- Monte-Carlo estimators ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_mc", [1, 3])
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_estimator_is_unbiased_on_the_regression_targets(name, estimator, num_mc):
+    """As tests/test_estimators.py does for the Gaussians: 20 000 draws, every coordinate within 5 standard errors."""
+    target = synthetic_target(name)
+    x, y, tau = data_of(name)
+    rule = hermite_rule(4 * NODES)
+    for label in ("away", "start"):
+        mu, log_sigma = (rounded(v) for v in points(target)[label])
+        reference = finite_difference_gradient(lambda m, s: quadrature_neg_elbo(m, s, x, y, name, tau, rule), mu, log_sigma)
+        draws = gradient_draws(mc_objective(estimator, num_mc), target, mu, log_sigma, n=20_000)
+        ok = within_confidence(draws, reference)
+        assert ok.all(), f"{estimator} biased on {name} at {label}: {draws.mean(0)} vs {reference}"
+
+
+# --- q* and the KL excess -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_q_star_is_stationary_for_the_exact_objective(name):
+    """Finite differences of the float64 reference objective (the same K-node rule for logistic) vanish at q*."""
+    x, y, tau = data_of(name)
+    mu, log_sigma = regression.regression_optimum(name, D, **SYNTHETIC)
+    rule = regression.gauss_hermite(NODES) if name == "logistic_regression" else hermite_rule(200)
+    grad = finite_difference_gradient(lambda m, s: quadrature_neg_elbo(m, s, x, y, name, tau, rule), mu, log_sigma)
+    assert np.max(np.abs(grad)) < 1e-6, grad
+
+
+def test_poisson_q_star_solves_its_closed_form_fixed_point():
+    r"""Stationarity in closed form: :math:`X^\top(\lambda - y) + \mu/\tau^2 = 0` and
+    :math:`\sigma_j^{-2} = \sum_i \lambda_i x_{ij}^2 + 1/\tau^2`, :math:`\lambda_i = e^{m_i + v_i/2}`."""
+    x, y, tau = data_of("poisson_regression")
+    mu, log_sigma = regression.regression_optimum("poisson_regression", D, **SYNTHETIC)
+    variance = np.exp(2 * log_sigma)
+    rate = np.exp(x @ mu + 0.5 * (x * x) @ variance)
+    np.testing.assert_allclose(x.T @ (rate - y) + mu / tau**2, 0.0, atol=1e-8)
+    np.testing.assert_allclose(1.0 / variance, (x * x).T @ rate + 1.0 / tau**2, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_kl_excess_is_the_float64_elbo_gap_and_zero_at_q_star(name):
+    target = synthetic_target(name)
+    x, y, tau = data_of(name)
+    rule = regression.gauss_hermite(NODES) if name == "logistic_regression" else hermite_rule(200)
+    mu_star, log_sigma_star = (f64(v) for v in target.meanfield_optimum())  # float32 q*, as the target holds it
+    at_optimum = quadrature_neg_elbo(mu_star, log_sigma_star, x, y, name, tau, rule)
+    assert jax_value(target.kl_excess, mu_star, log_sigma_star) == 0.0
+    for scale in (1.0, 1e-2, 1e-4):
+        for label, (mu, log_sigma) in points(target).items():
+            mu = rounded(mu_star + scale * (mu - mu_star))
+            log_sigma = rounded(log_sigma_star + scale * (log_sigma - log_sigma_star))
+            reference = quadrature_neg_elbo(mu, log_sigma, x, y, name, tau, rule) - at_optimum
+            mine = jax_value(target.kl_excess, mu, log_sigma)
+            assert mine == pytest.approx(reference, rel=1e-4, abs=1e-7), (label, scale)
+            assert jax_value(target.kl, mu, log_sigma) != jax_value(target.kl, mu, log_sigma)  # NaN: no closed-form KL
+
+
+def exact_fields(name, **overrides):
+    params = {f"target_{key}": value for key, value in SYNTHETIC.items()}
+    if name == "logistic_regression":
+        params["target_quadrature_nodes"] = NODES
+    return flat_fields(**{**dict(objective="exact", target=name, d=D, steps=1500, log_every=100, lr=0.05), **params, **overrides})
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_kl_excess_never_goes_below_minus_1e_5_on_an_exact_run(name):
+    state, rows = train_one(*split_fields(exact_fields(name)))
+    assert np.min(rows["kl_excess"]) >= -1e-5
+    assert rows["kl_excess"][-1] < 1e-4 and rows["kl_excess"][0] > 1.0  # it also gets there
+    assert np.all(np.isnan(rows["kl"]))
+    mu_star, _ = regression.regression_optimum(name, D, **SYNTHETIC)
+    np.testing.assert_allclose(rows["mean_error"][-1], np.linalg.norm(f64(state.params.mu) - mu_star), rtol=1e-3, atol=1e-6)
+
+
+def test_on_the_real_dataset_an_exact_adam_run_reaches_1e_3():
+    """The breast_cancer scenario (logistic, d = 31) with its own defaults; every logged row >= -1e-5."""
+    fields = composed_fields("scenario=breast_cancer", "objective=exact", "lr=0.05", "steps=2000")
+    state, rows = train_one(*split_fields(fields))
+    assert rows["kl_excess"][-1] < 1e-3
+    assert np.min(rows["kl_excess"]) >= -1e-5
+
+
+# --- the trainer: static data, traced prior scale -------------------------------------------------
+
+
+def test_the_prior_scale_is_traced_and_the_dataset_static():
+    spec_a, traced_a = split_fields(exact_fields("poisson_regression", target_prior_scale=1.5))
+    spec_b, traced_b = split_fields(exact_fields("poisson_regression", target_prior_scale=0.5))
+    assert spec_a == spec_b  # one compiled program for both prior scales
+    assert dict(spec_a.target_static) == {"dataset": "synthetic", "num_rows": ROWS, "feature_correlation": 0.5, "data_seed": 3}
+    assert traced_a["target"] == {"prior_scale": 1.5}
+    assert not np.allclose(traced_a["optimum"]["log_sigma"], traced_b["optimum"]["log_sigma"])  # each its own q*
+    spec_c, _ = split_fields(exact_fields("poisson_regression", target_data_seed=4))
+    assert spec_c != spec_a  # another dataset is another program
+    real, _ = split_fields(composed_fields("scenario=randhie", "target.num_rows=7", "target.data_seed=9"))
+    assert dict(real.target_static) == {"dataset": "randhie"}  # a real dataset ignores the synthetic one's keys
+    gaussian, _ = split_fields(flat_fields())
+    assert gaussian.target_static == ()
+
+
+def test_two_prior_scales_train_as_one_vmapped_call_to_their_own_optima():
+    split = [split_fields(exact_fields("logistic_regression", target_prior_scale=scale, steps=3000)) for scale in (0.5, 3.0)]
+    spec = split[0][0]
+    state, rows = jitted_batch_train(spec)(as_hyper([traced for _, traced in split]))
+    for run, (_, traced) in enumerate(split):
+        np.testing.assert_allclose(f64(state.params.mu[run]), traced["optimum"]["mu"], atol=2e-3)
+        assert float(rows.kl_excess[run, -1]) < 1e-4
+        assert float(jnp.min(rows.kl_excess[run])) >= -1e-5
