@@ -55,7 +55,7 @@ from vi_sweep.store.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IG
     write_baseline,
 )
 from vi_sweep.store.metrics import METRIC_COLUMNS, UnreadableRun, status_of
-from vi_sweep.store.optima import prepare_optima
+from vi_sweep.store.optima import posterior_params, prepare_optima
 
 BATCH = 512  # baselines per vmapped call: bounds memory on very large sweeps
 
@@ -213,7 +213,7 @@ def target_constants(fields_list: Iterable[Mapping[str, Any]], *, sweep_dir: Pat
         key = json.dumps([name, fields["d"], params, fields["init_log_sigma"]], sort_keys=True)
         if key not in cache:
             if name in REGRESSION_TARGETS:
-                cache[key] = regression_constants(name, int(fields["d"]), params, float(fields["init_log_sigma"]))
+                cache[key] = regression_constants(name, int(fields["d"]), posterior_params(fields), float(fields["init_log_sigma"]))
             else:
                 floats = {k: float(v) for k, v in params.items()}
                 mean, diag, shared = target_structure(name, int(fields["d"]), floats)

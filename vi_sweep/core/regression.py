@@ -300,26 +300,30 @@ def split_params(name: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], 
     return static, traced
 
 
+def posterior_keys(name: str) -> tuple[str, ...]:
+    """The keywords of regression target ``name`` that :func:`posterior_config` reads."""
+    return ("dataset", *SYNTHETIC_ONLY, "prior_scale", *(("quadrature_nodes",) if POSTERIORS[name].quadrature else ()))
+
+
 def posterior_config(name: str, d: int, params: Mapping[str, Any]) -> dict[str, Any]:
     """What determines the posterior of regression target ``name``: its name, ``d``, the dataset's
     fields (those that shape it: a real dataset ignores :data:`SYNTHETIC_ONLY`), the prior scale
-    rounded to float32 (as the trainer holds it) and the quadrature nodes. A missing keyword
-    takes its builder's default (from :mod:`vi_sweep.core.glm`, imported only then)."""
-    values = dict(params)
-    wanted = ("dataset", *SYNTHETIC_ONLY, "prior_scale", *(("quadrature_nodes",) if POSTERIORS[name].quadrature else ()))
-    if any(key not in values for key in wanted):
-        import inspect
+    rounded to float32 (as the trainer holds it) and the quadrature nodes.
 
-        from vi_sweep.core.glm import REGRESSION_TARGETS  # JAX: only for hand-written fields without every keyword
-
-        for key, parameter in inspect.signature(REGRESSION_TARGETS[name]).parameters.items():
-            values.setdefault(key, parameter.default)
-    config: dict[str, Any] = {"target": name, "d": int(d), "dataset": str(values["dataset"])}
+    ``params`` must hold every :func:`posterior_keys` (a real dataset may omit the synthetic
+    one's); ``vi_sweep.core.targets.with_builder_defaults`` fills in the builder's defaults.
+    """
+    dataset = params.get("dataset")
+    needed = [key for key in posterior_keys(name) if not (dataset != datasets.SYNTHETIC and key in SYNTHETIC_ONLY)]
+    missing = [key for key in needed if key not in params]
+    if missing:
+        raise ValueError(f"{name}: no value for {', '.join(missing)} (vi_sweep.core.targets.with_builder_defaults fills in the defaults)")
+    config: dict[str, Any] = {"target": name, "d": int(d), "dataset": str(dataset)}
     if config["dataset"] == datasets.SYNTHETIC:
-        config.update({key: STATIC_TYPES[key](values[key]) for key in SYNTHETIC_ONLY})
-    config["prior_scale"] = float(np.float32(values["prior_scale"]))
+        config.update({key: STATIC_TYPES[key](params[key]) for key in SYNTHETIC_ONLY})
+    config["prior_scale"] = float(np.float32(params["prior_scale"]))
     if POSTERIORS[name].quadrature:
-        config["quadrature_nodes"] = int(values["quadrature_nodes"])
+        config["quadrature_nodes"] = int(params["quadrature_nodes"])
     return config
 
 

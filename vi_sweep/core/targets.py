@@ -23,6 +23,7 @@ Every target offers the same methods (``log_density``, ``neg_elbo``, ``kl``, ``k
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
@@ -208,6 +209,12 @@ def split_target_params(name: str, params: Mapping[str, Any]) -> tuple[dict[str,
     return {}, {key: float(value) for key, value in params.items()}
 
 
+def with_builder_defaults(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with every missing keyword of target ``name``'s builder at its default."""
+    defaults = {key: p.default for key, p in inspect.signature(TARGETS[name]).parameters.items() if key != "d"}
+    return {**defaults, **params}
+
+
 def make_target(name: str, d: int, optimum: Optional[tuple[Any, Any]] = None, **params) -> Target:
     """Build target ``name`` of dimension ``d``; ``params`` may be traced scalars (not the static ones).
 
@@ -223,7 +230,7 @@ def make_target(name: str, d: int, optimum: Optional[tuple[Any, Any]] = None, **
     target = builder(d, **params)
     if isinstance(target, RegressionTarget):
         if optimum is None:
-            optimum = regression_optimum(name, d, **params)
+            optimum = regression_optimum(name, d, **with_builder_defaults(name, params))
         target = target.with_optimum(*optimum)
     return target
 
@@ -233,4 +240,4 @@ def reference_optimum(name: str, d: int, **params: Any) -> Optional[tuple[np.nda
     regression target (``params``: concrete values), None for a Gaussian one (closed form inside)."""
     if name not in REGRESSION_TARGETS:
         return None
-    return tuple(regression_optimum(name, d, **params))  # type: ignore[return-value]
+    return tuple(regression_optimum(name, d, **with_builder_defaults(name, params)))  # type: ignore[return-value]

@@ -55,6 +55,20 @@ def write_optimum(path: Path, key: str, mu: np.ndarray, log_sigma: np.ndarray) -
     return path
 
 
+def posterior_params(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``target_*`` keywords of a regression run's flat fields, completed with the builder's
+    defaults if some are missing (hand-written fields; a launcher records every one)."""
+    from vi_sweep.core import regression
+
+    name = fields["target"]
+    params = {key[len("target_") :]: value for key, value in fields.items() if key.startswith("target_")}
+    if any(key not in params for key in regression.posterior_keys(name)):
+        from vi_sweep.core.targets import with_builder_defaults  # JAX: only for such fields
+
+        params = with_builder_defaults(name, params)
+    return params
+
+
 def prepare_optima(sweep_dir: Optional[Path], fields_list: Iterable[Mapping[str, Any]]) -> int:
     """Make q* of every regression posterior among the runs ``fields_list`` ready in memory.
 
@@ -70,8 +84,7 @@ def prepare_optima(sweep_dir: Optional[Path], fields_list: Iterable[Mapping[str,
         name = fields.get("target")
         if name not in regression.POSTERIORS:
             continue
-        params = {key[len("target_") :]: value for key, value in fields.items() if key.startswith("target_")}
-        static, traced = regression.split_params(name, params)
+        static, traced = regression.split_params(name, posterior_params(fields))
         key = regression.optimum_key(regression.posterior_config(name, int(fields["d"]), {**static, **traced}))
         if key in seen:
             continue
