@@ -17,14 +17,15 @@ Where a baseline comes from, in order:
    (:func:`vi_sweep.store.baselines.write_baseline`). Cases 2 and 3 have ``source = "computed"``: the
    report does not depend on whether the cache was warm, so a rerun writes identical files.
 
-The per-target constants used by the classifier are closed forms of
-:class:`vi_sweep.core.targets.GaussianTarget`: the KL excess at initialisation (``mu = 0``,
+The per-target constants used by the classifier are the KL excess at initialisation (``mu = 0``,
 ``log_sigma = init_log_sigma``), the mean-field floor ``kl_floor`` (0 for diagonal targets) and
 the smallest standard deviation of the mean-field optimum q* (the scale of "variance
-collapse"). They are
-evaluated by float64 numpy twins of the targets' methods (:func:`target_structure`,
-:func:`closed_form_constants`), so a report whose baselines are all found or cached never
-imports JAX.
+collapse"). For a :class:`vi_sweep.core.targets.GaussianTarget` they are closed forms, evaluated
+by float64 numpy twins of the targets' methods (:func:`target_structure`,
+:func:`closed_form_constants`); for a regression posterior (:mod:`vi_sweep.core.glm`) they come
+from its float64 NumPy twin :mod:`vi_sweep.core.regression` and q*, cached in
+``<sweep_dir>/baselines/optima/`` (:func:`regression_constants`). So a report whose baselines
+are all found or cached never imports JAX.
 
 JAX is imported inside the functions that need it, so ``import vi_sweep.analysis`` stays light.
 """

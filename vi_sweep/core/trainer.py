@@ -16,9 +16,10 @@ written as a ``lax.scan`` over logged rows around a loop over the steps between 
 step body, traced and compiled once), so metrics cost nothing on unlogged steps and there is no
 Python loop per step.
 
-Static choices (objective, estimator, num_mc, optimizer, target, d, steps, log_every) form a
-hashable :class:`TrainSpec` bound once by :func:`make_train`; everything numeric that may vary
-inside a sweep (lr, seed, init_log_sigma, optimizer and target hyperparameters) is a traced
+Static choices (objective, estimator, num_mc, optimizer, target, d, steps, log_every, and a
+regression target's dataset and quadrature rule) form a hashable :class:`TrainSpec` bound once by
+:func:`make_train`; everything numeric that may vary inside a sweep (lr, seed, init_log_sigma,
+optimizer and target hyperparameters, a regression target's mean-field optimum q*) is a traced
 :class:`Hyper`, so ``jax.jit(jax.vmap(make_train(spec)))`` runs a whole grid as one program and
 changing those values never recompiles.
 
