@@ -464,3 +464,17 @@ def test_a_regression_multirun_writes_params_q_star_and_a_report(cli, tmp_path):
     runs = load_sweep(sweep)
     assert set(runs["outcome"]) <= {"converged", "slow", "stalled", "undetermined", "unstable", "collapsed", "diverged"}
     assert all(len(mu) == 4 for mu in load_params(sweep)["mu"])
+
+
+@pytest.mark.slow
+def test_on_the_real_dataset_the_phase_map_has_a_stalled_and_a_converged_cell(tmp_path):
+    """Two cells of the README's breast_cancer map (default grid, Adam, 2000 steps): lr = 0.05 with
+    32 samples converges, lr = 0.2 with one sample stalls while its exact twin converges."""
+    from vi_sweep.analysis import load_sweep, phase_table
+
+    base = composed_fields("scenario=breast_cancer")
+    runs = [dict(base, lr=0.05, num_mc=32, seed=seed) for seed in (0, 1)] + [dict(base, lr=0.2, num_mc=1, seed=seed) for seed in (0, 1)]
+    write_sweep(tmp_path, runs, scenario="breast_cancer")
+    cells = phase_table(load_sweep(tmp_path)).set_index(["lr", "num_mc"])
+    assert cells.loc[(0.05, 32), "outcome"] == "converged"
+    assert cells.loc[(0.2, 1), "outcome"] == "stalled" and cells.loc[(0.2, 1), "baseline_outcome"] == "converged"
