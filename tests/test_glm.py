@@ -478,3 +478,11 @@ def test_on_the_real_dataset_the_phase_map_has_a_stalled_and_a_converged_cell(tm
     cells = phase_table(load_sweep(tmp_path)).set_index(["lr", "num_mc"])
     assert cells.loc[(0.05, 32), "outcome"] == "converged"
     assert cells.loc[(0.2, 1), "outcome"] == "stalled" and cells.loc[(0.2, 1), "baseline_outcome"] == "converged"
+
+
+def test_a_regression_run_prints_its_kl_excess_where_a_gaussian_prints_its_kl():
+    from vi_sweep.launch.task import format_row
+
+    row = {"step": [7], "loss": [3.5], "kl": [np.nan], "kl_excess": [0.25], "mu_norm": [1.0], "sigma_mean": [0.5], "sigma_std": [0.1], "sigma_min": [0.2]}
+    assert "  KL excess= 0.250000  " in format_row(row, 0)
+    assert "  KL= 0.500000  " in format_row(dict(row, kl=[0.5]), 0)
