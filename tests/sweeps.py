@@ -16,7 +16,8 @@ import numpy as np
 
 from vi_sweep.launch.config import CONF_DIR, run_fields
 from vi_sweep.store.metrics import metrics_table, write_metrics
-from vi_sweep.core.trainer import as_hyper, jitted_batch_train, split_fields
+from vi_sweep.store.params import write_params
+from vi_sweep.core.trainer import as_hyper, final_params, jitted_batch_train, split_fields
 
 # The default grid of conf/grid/default.yaml, reduced to the cells of the notebook's story plus a
 # collapse: too-small lr, the good cell (0.05, 32), the stress cell (0.2, 1), lr = 1, lr = 10.
@@ -39,7 +40,7 @@ def grid(base: Mapping[str, Any], axes: Mapping[str, Iterable[Any]]) -> list[dic
 
 
 def write_sweep(sweep_dir: Path, runs: list[Mapping[str, Any]], *, scenario: str = "none", first_job: int = 0) -> list[Path]:
-    """Train ``runs`` (flat fields) and write one ``metrics.parquet`` per job; return the files."""
+    """Train ``runs`` (flat fields) and write one ``metrics.parquet`` (and ``params.parquet``) per job; return the metrics files."""
     groups: dict[Any, list[int]] = defaultdict(list)
     split = [split_fields(fields) for fields in runs]
     for i, (spec, _) in enumerate(split):
@@ -48,9 +49,11 @@ def write_sweep(sweep_dir: Path, runs: list[Mapping[str, Any]], *, scenario: str
     for spec, members in groups.items():
         state, rows = jitted_batch_train(spec)(as_hyper([split[i][1] for i in members]))
         columns = {name: np.asarray(value) for name, value in rows._asdict().items()}
+        finals = final_params(state)
         for j, i in enumerate(members):
             one = {name: value[j] for name, value in columns.items()}
             diverged_at = int(np.asarray(state.diverged_at)[j])
+            write_params(sweep_dir / str(first_job + i), finals["final_mu"][j], finals["final_log_sigma"][j], runs[i])
             table = metrics_table(one, runs[i], diverged_at, scenario)
             paths[i] = write_metrics(sweep_dir / str(first_job + i), table, resolved_config=dict(runs[i]), fields=runs[i])
     return paths  # type: ignore[return-value]

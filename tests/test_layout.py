@@ -157,6 +157,13 @@ def test_the_analysis_library_never_imports_hydra():
     assert not loaded & {"hydra", "omegaconf"}
 
 
+def test_the_regression_math_and_the_data_are_numpy_only():
+    """The analysis solves q* and computes its constants from these without importing JAX."""
+    loaded = imported_after("import vi_sweep.core.regression, vi_sweep.core.datasets, vi_sweep.store.optima, vi_sweep.store.params")
+    assert "numpy" in loaded
+    assert not loaded & {"jax", "optax", "hydra", "pandas", "matplotlib"}
+
+
 def test_the_store_is_pyarrow_only():
     loaded = imported_after("import vi_sweep.store.metrics, vi_sweep.store.baselines")
     assert "pyarrow" in loaded

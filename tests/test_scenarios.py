@@ -27,6 +27,8 @@ SCENARIOS = {  # scenario -> what it must set (dotted keys)
     "ill_conditioned": {"target.name": "ill_conditioned", "target.condition": 1e4},
     "correlated": {"target.name": "correlated", "target.rho": 0.9},
     "far_mean": {"target.name": "shifted", "target.offset": 10.0},
+    "breast_cancer": {"target.name": "logistic_regression", "target.dataset": "breast_cancer", "d": 31},
+    "randhie": {"target.name": "poisson_regression", "target.dataset": "randhie", "d": 10},
 }
 
 
@@ -69,7 +71,8 @@ def test_a_glob_over_all_scenarios_runs_from_the_cli(cli, tmp_path):
     for scenario, expected in SCENARIOS.items():
         frame = frames[scenario]
         assert frame["steps"].iloc[0] == 5 and frame["step"].tolist() == [1, 5]  # the command line won
-        assert (frame["status"] == "ok").all() and np.isfinite(frame["kl"]).all()
+        assert (frame["status"] == "ok").all() and np.isfinite(frame["kl_excess"]).all()
+        assert np.isfinite(frame["kl"]).all() != frame["target"].iloc[0].endswith("_regression")  # no closed-form KL there
         for key, value in expected.items():
             if key == "steps":
                 continue

@@ -17,14 +17,15 @@ Where a baseline comes from, in order:
    (:func:`vi_sweep.store.baselines.write_baseline`). Cases 2 and 3 have ``source = "computed"``: the
    report does not depend on whether the cache was warm, so a rerun writes identical files.
 
-The per-target constants used by the classifier are closed forms of
-:class:`vi_sweep.core.targets.GaussianTarget`: the KL excess at initialisation (``mu = 0``,
+The per-target constants used by the classifier are the KL excess at initialisation (``mu = 0``,
 ``log_sigma = init_log_sigma``), the mean-field floor ``kl_floor`` (0 for diagonal targets) and
 the smallest standard deviation of the mean-field optimum q* (the scale of "variance
-collapse"). They are
-evaluated by float64 numpy twins of the targets' methods (:func:`target_structure`,
-:func:`closed_form_constants`), so a report whose baselines are all found or cached never
-imports JAX.
+collapse"). For a :class:`vi_sweep.core.targets.GaussianTarget` they are closed forms, evaluated
+by float64 numpy twins of the targets' methods (:func:`target_structure`,
+:func:`closed_form_constants`); for a regression posterior (:mod:`vi_sweep.core.glm`) they come
+from its float64 NumPy twin :mod:`vi_sweep.core.regression` and q*, cached in
+``<sweep_dir>/baselines/optima/`` (:func:`regression_constants`). So a report whose baselines
+are all found or cached never imports JAX.
 
 JAX is imported inside the functions that need it, so ``import vi_sweep.analysis`` stays light.
 """
@@ -42,6 +43,8 @@ import pandas as pd
 import pyarrow as pa
 
 from vi_sweep.analysis.read import RunRecord, Sweep, read_run, trajectories_frame
+from vi_sweep.core.regression import POSTERIORS as REGRESSION_TARGETS  # NumPy only: no JAX
+from vi_sweep.core.regression import neg_elbo, posterior_config, regression_optimum, regression_problem, split_params
 from vi_sweep.store.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IGNORES: part of this module's API
     BASELINE_DIR,
     BASELINE_IGNORES,
@@ -53,6 +56,7 @@ from vi_sweep.store.baselines import (  # noqa: F401 - BASELINE_DIR, BASELINE_IG
     write_baseline,
 )
 from vi_sweep.store.metrics import METRIC_COLUMNS, UnreadableRun, status_of
+from vi_sweep.store.optima import posterior_params, prepare_optima
 
 BATCH = 512  # baselines per vmapped call: bounds memory on very large sweeps
 
@@ -134,6 +138,7 @@ def exact_baselines(sweep: Sweep, *, cache: bool = True) -> References:
         sources[key] = "sweep"
 
     to_train: list[str] = []
+    prepare_optima(sweep.path if cache else None, fields_list)  # regression targets' q*: cached, or solved once
     for key in distinct:
         if key in jobs:
             continue
@@ -161,7 +166,7 @@ def exact_baselines(sweep: Sweep, *, cache: bool = True) -> References:
             "key": distinct,
         }
     )
-    per_run = target_constants(fields_list)
+    per_run = target_constants(fields_list, sweep_dir=sweep.path if cache else None)
     per_run.insert(0, "baseline", [index[key] for key in keys])
     per_run.index = pd.Index(sweep.runs["run"].to_numpy(), name="run")
     return References(per_run, baselines, trajectories_frame(ordered))
@@ -179,8 +184,8 @@ def _try_cache(path: Path, job: RunRecord) -> None:
         warnings.warn(f"could not cache an exact baseline in {path.parent}: {err}", BaselineCacheWarning, stacklevel=3)
 
 
-def target_constants(fields_list: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    r"""``init_kl_excess``, ``kl_floor`` and ``sigma_star_min`` for each run's fields (closed forms).
+def target_constants(fields_list: Iterable[Mapping[str, Any]], *, sweep_dir: Path | None = None) -> pd.DataFrame:
+    r"""``init_kl_excess``, ``kl_floor`` and ``sigma_star_min`` for each run's fields.
 
     ``init_kl_excess`` is the KL excess over the mean-field optimum of :math:`q_0` at
     :math:`\mu = 0`, :math:`\log\sigma =` ``init_log_sigma`` -- *before* the first step (the
@@ -190,17 +195,44 @@ def target_constants(fields_list: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     collapse"). Computed once per distinct (target, d, target hyperparameters, init_log_sigma),
     in float64 numpy (:func:`closed_form_constants`): they equal ``vi_sweep.core.targets``'
     float32 methods to float32 round-off, and no XLA program is compiled for three numbers.
+
+    A regression target (:mod:`vi_sweep.core.glm`) has no closed form: its q* is solved once per
+    posterior in float64 (:func:`vi_sweep.store.optima.prepare_optima`: read from
+    ``<sweep_dir>/baselines/optima/`` when ``sweep_dir`` is given, else solved in memory), and
+    :func:`regression_constants` evaluates the float64 objective there. Its ``kl_floor`` is NaN:
+    the KL of q* needs the unknown log evidence (nothing in the classification uses it; the
+    excess is what is compared).
     """
+    fields_list = list(fields_list)
+    if any(fields.get("target") in REGRESSION_TARGETS for fields in fields_list):
+        prepare_optima(sweep_dir, fields_list)
     cache: dict[str, tuple[float, float, float]] = {}
     rows = []
     for fields in fields_list:
-        params = {k[len("target_") :]: float(v) for k, v in fields.items() if k.startswith("target_")}
-        key = json.dumps([fields["target"], fields["d"], params, fields["init_log_sigma"]], sort_keys=True)
+        name = fields["target"]
+        params = {k[len("target_") :]: v for k, v in fields.items() if k.startswith("target_")}
+        key = json.dumps([name, fields["d"], params, fields["init_log_sigma"]], sort_keys=True)
         if key not in cache:
-            mean, diag, shared = target_structure(fields["target"], int(fields["d"]), params)
-            cache[key] = closed_form_constants(mean, diag, shared, float(fields["init_log_sigma"]))
+            if name in REGRESSION_TARGETS:
+                cache[key] = regression_constants(name, int(fields["d"]), posterior_params(fields), float(fields["init_log_sigma"]))
+            else:
+                floats = {k: float(v) for k, v in params.items()}
+                mean, diag, shared = target_structure(name, int(fields["d"]), floats)
+                cache[key] = closed_form_constants(mean, diag, shared, float(fields["init_log_sigma"]))
         rows.append(cache[key])
     return pd.DataFrame(rows, columns=list(TARGET_CONSTANTS), dtype=float)
+
+
+def regression_constants(name: str, d: int, params: Mapping[str, Any], init_log_sigma: float) -> tuple[float, float, float]:
+    r"""``(init_kl_excess, nan, sigma_star_min)`` of a regression target, float64 (:mod:`vi_sweep.core.regression`):
+    :math:`F(0, s_0) - F(q^*)` with :math:`F` the exact negative ELBO and :math:`s_0` =
+    ``init_log_sigma`` rounded to float32, and :math:`\min_j \sigma_j^*`."""
+    static, traced = split_params(name, params)
+    problem = regression_problem(posterior_config(name, d, {**static, **traced}))
+    optimum = regression_optimum(name, d, **static, **traced)
+    start = np.full(d, float(np.float32(init_log_sigma)))
+    init_excess = neg_elbo(problem, np.zeros(d), start) - neg_elbo(problem, optimum.mu, optimum.log_sigma)
+    return float(max(init_excess, 0.0)), float("nan"), float(np.exp(np.min(optimum.log_sigma)))
 
 
 TARGET_CONSTANTS = ("init_kl_excess", "kl_floor", "sigma_star_min")

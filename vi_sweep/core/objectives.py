@@ -7,7 +7,10 @@ what the step differentiates. It is chosen *before* tracing, so no string is eve
 inside jitted code. Drawing and differentiating are separate so that the trainer can draw the
 next step's noise while this step's gradient is computed (see :mod:`vi_sweep.core.trainer`).
 
-- ``exact``: the closed-form :math:`\mathrm{KL}(q\,\|\,p)` (:meth:`GaussianTarget.kl`).
+- ``exact``: the deterministic negative ELBO (``target.neg_elbo``): the closed-form
+  :math:`\mathrm{KL}(q\,\|\,p)` on a Gaussian target (:meth:`GaussianTarget.kl`), the expected
+  log joint plus entropy -- closed form or Gauss-Hermite -- on a regression target
+  (:mod:`vi_sweep.core.glm`).
 - ``mc``: a Monte-Carlo negative ELBO :math:`-\frac1M\sum_{m}[\log p(z_m) - \log q(z_m)]` with
   :math:`z_m = \mu + \sigma\odot\varepsilon_m`, :math:`\varepsilon \sim \mathcal N(0, I)` of shape
   ``(num_mc, d)`` drawn from the step's key -- exactly the notebook's stream. The *value* is the
@@ -40,7 +43,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from vi_sweep.core.targets import LOG_2PI, GaussianTarget
+from vi_sweep.core.targets import LOG_2PI, Target
 
 
 class Params(NamedTuple):
@@ -50,8 +53,8 @@ class Params(NamedTuple):
     log_sigma: jax.Array  # shape=(d,)
 
 
-Loss = Callable[[Params, jax.Array, GaussianTarget], jax.Array]  # (params, noise, target) -> scalar
-Estimator = Callable[[Params, jax.Array, GaussianTarget], jax.Array]
+Loss = Callable[[Params, jax.Array, Target], jax.Array]  # (params, noise, target) -> scalar
+Estimator = Callable[[Params, jax.Array, Target], jax.Array]
 
 
 class Objective(NamedTuple):
@@ -67,7 +70,7 @@ def diag_normal_log_density(z: jax.Array, mu: jax.Array, log_sigma: jax.Array) -
     return -0.5 * jnp.sum(eps**2, axis=-1) - jnp.sum(log_sigma) - 0.5 * z.shape[-1] * LOG_2PI
 
 
-def reparam_neg_elbo(params: Params, eps: jax.Array, target: GaussianTarget) -> jax.Array:
+def reparam_neg_elbo(params: Params, eps: jax.Array, target: Target) -> jax.Array:
     """The notebook's ``mc_neg_elbo``: reparameterised samples, closed-form log q in eps."""
     mu, log_sigma = params
     d = mu.shape[0]
@@ -78,7 +81,7 @@ def reparam_neg_elbo(params: Params, eps: jax.Array, target: GaussianTarget) -> 
     return -jnp.mean(logp - logq)
 
 
-def stl_neg_elbo(params: Params, eps: jax.Array, target: GaussianTarget) -> jax.Array:
+def stl_neg_elbo(params: Params, eps: jax.Array, target: Target) -> jax.Array:
     """Sticking the landing: log q(z) with q's parameters held fixed, z still reparameterised."""
     mu, log_sigma = params
     z = mu[None, :] + jnp.exp(log_sigma)[None, :] * eps
@@ -87,7 +90,7 @@ def stl_neg_elbo(params: Params, eps: jax.Array, target: GaussianTarget) -> jax.
     return -jnp.mean(target.log_density(z) - logq)
 
 
-def score_neg_elbo(params: Params, eps: jax.Array, target: GaussianTarget) -> jax.Array:
+def score_neg_elbo(params: Params, eps: jax.Array, target: Target) -> jax.Array:
     """Score-function estimator with a leave-one-out baseline; the value is the plain MC neg-ELBO."""
     mu, log_sigma = params
     num_mc = eps.shape[0]
@@ -110,10 +113,11 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 
-def exact_kl(params: Params, noise: jax.Array, target: GaussianTarget) -> jax.Array:
-    """The closed-form KL(q || p); ``noise`` is empty and unused."""
+def exact_neg_elbo(params: Params, noise: jax.Array, target: Target) -> jax.Array:
+    """The deterministic negative ELBO: the closed-form KL(q || p) on a Gaussian target, the
+    expected log joint plus entropy on a regression target; ``noise`` is empty and unused."""
     del noise
-    return target.kl(params.mu, params.log_sigma)
+    return target.neg_elbo(params.mu, params.log_sigma)
 
 
 def no_noise(key: jax.Array, d: int) -> jax.Array:
@@ -145,7 +149,7 @@ OBJECTIVES = ("exact", "mc")
 def make_objective(name: str, *, estimator: str = "reparam", num_mc: int = 8) -> Objective:
     """The objective ``objective.name``; ``estimator`` and ``num_mc`` only matter for ``mc``."""
     if name == "exact":
-        return Objective(no_noise, exact_kl)
+        return Objective(no_noise, exact_neg_elbo)
     if name == "mc":
         return make_mc_objective(estimator, num_mc)
     raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")

@@ -1,6 +1,7 @@
-r"""Gaussian targets with structure, so that every KL and optimum is closed form and O(d).
+r"""Targets: Gaussians with structure (every KL and optimum closed form and O(d)), and the
+regression posteriors of :mod:`vi_sweep.core.glm` (logistic and Poisson; registered here too).
 
-Every target is :math:`p = \mathcal N(m, \Sigma)` with
+Every Gaussian target is :math:`p = \mathcal N(m, \Sigma)` with
 
 .. math::  \Sigma = \operatorname{diag}(a) + b\,\mathbf 1\mathbf 1^\top, \qquad a_i > 0,\ b \ge 0,
 
@@ -16,15 +17,21 @@ A target is a pytree of arrays (a ``NamedTuple``), so its parameters (``conditio
 ``offset``) are traced values: changing them never recompiles, and a grid over them is vmapped.
 Builders are registered in :data:`TARGETS` by the names used in ``conf/target/*.yaml``; each
 builder's keyword defaults are the config's (the Hydra schemas read them from the signatures).
+Every target offers the same methods (``log_density``, ``neg_elbo``, ``kl``, ``kl_excess``,
+``meanfield_optimum``), so the objectives and the trainer never ask which kind it is.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import inspect
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vi_sweep.core.glm import REGRESSION_TARGETS, RegressionTarget
+from vi_sweep.core.regression import regression_optimum, split_params
 
 # float32, bit-equal to the notebook's jnp.log(2 * jnp.pi), without touching a device at import.
 LOG_2PI = np.float32(np.log(2.0 * np.pi))
@@ -127,6 +134,10 @@ class GaussianTarget(NamedTuple):
         location = 0.5 * jnp.maximum(self.quadratic(mu - self.mean), 0.0)
         return spread + location
 
+    def neg_elbo(self, mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
+        """The exact negative ELBO: p is normalised, so it is :meth:`kl` (what ``objective=exact`` minimises)."""
+        return self.kl(mu, log_sigma)
+
     def kl(self, mu: jax.Array, log_sigma: jax.Array) -> jax.Array:
         r"""KL(q || p) for :math:`q = \mathcal N(\mu, \operatorname{diag}(e^{2 s}))`, never negative:
         :meth:`kl_excess` + :meth:`kl_floor`.
@@ -174,18 +185,59 @@ def shifted(d: int, offset: float = 10.0) -> GaussianTarget:
     return GaussianTarget(jnp.full((d,), 1.0) * jnp.asarray(offset, jnp.float32), jnp.ones((d,)), jnp.zeros(()))
 
 
-TARGETS: dict[str, Callable[..., GaussianTarget]] = {
+Target = Union[GaussianTarget, RegressionTarget]
+"""What the objectives and the trainer use: ``log_density``, ``neg_elbo``, ``kl``, ``kl_excess``, ``meanfield_optimum``."""
+
+TARGETS: dict[str, Callable[..., Target]] = {
     "standard_normal": standard_normal,
     "ill_conditioned": ill_conditioned,
     "correlated": correlated,
     "shifted": shifted,
+    **REGRESSION_TARGETS,
 }
 
 
-def make_target(name: str, d: int, **params) -> GaussianTarget:
-    """Build target ``name`` of dimension ``d``; ``params`` may be traced scalars."""
+def split_target_params(name: str, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:
+    """``(static, traced)`` keywords of target ``name``.
+
+    Static: the keywords that fix the compiled program (a regression target's dataset and
+    quadrature rule: :func:`vi_sweep.core.regression.split_params`), typed; they go into the
+    trainer's ``TrainSpec``. Traced: every other keyword, as a float (all of a Gaussian's).
+    """
+    if name in REGRESSION_TARGETS:
+        return split_params(name, params)
+    return {}, {key: float(value) for key, value in params.items()}
+
+
+def with_builder_defaults(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with every missing keyword of target ``name``'s builder at its default."""
+    defaults = {key: p.default for key, p in inspect.signature(TARGETS[name]).parameters.items() if key != "d"}
+    return {**defaults, **params}
+
+
+def make_target(name: str, d: int, optimum: Optional[tuple[Any, Any]] = None, **params) -> Target:
+    """Build target ``name`` of dimension ``d``; ``params`` may be traced scalars (not the static ones).
+
+    A regression target also carries its mean-field optimum q* = ``optimum`` (mu, log_sigma),
+    which the trainer passes in traced; without it, q* is solved here on the host
+    (:func:`vi_sweep.core.regression.regression_optimum`: float64, once per posterior), which needs
+    concrete ``params``. Gaussian targets have q* in closed form and ignore ``optimum``.
+    """
     try:
         builder = TARGETS[name]
     except KeyError:
         raise ValueError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}") from None
-    return builder(d, **params)
+    target = builder(d, **params)
+    if isinstance(target, RegressionTarget):
+        if optimum is None:
+            optimum = regression_optimum(name, d, **with_builder_defaults(name, params))
+        target = target.with_optimum(*optimum)
+    return target
+
+
+def reference_optimum(name: str, d: int, **params: Any) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """What the trainer must be given besides the config: q* (float64 mu, log_sigma) for a
+    regression target (``params``: concrete values), None for a Gaussian one (closed form inside)."""
+    if name not in REGRESSION_TARGETS:
+        return None
+    return tuple(regression_optimum(name, d, **with_builder_defaults(name, params)))  # type: ignore[return-value]

@@ -16,9 +16,10 @@ written as a ``lax.scan`` over logged rows around a loop over the steps between 
 step body, traced and compiled once), so metrics cost nothing on unlogged steps and there is no
 Python loop per step.
 
-Static choices (objective, estimator, num_mc, optimizer, target, d, steps, log_every) form a
-hashable :class:`TrainSpec` bound once by :func:`make_train`; everything numeric that may vary
-inside a sweep (lr, seed, init_log_sigma, optimizer and target hyperparameters) is a traced
+Static choices (objective, estimator, num_mc, optimizer, target, d, steps, log_every, and a
+regression target's dataset and quadrature rule) form a hashable :class:`TrainSpec` bound once by
+:func:`make_train`; everything numeric that may vary inside a sweep (lr, seed, init_log_sigma,
+optimizer and target hyperparameters, a regression target's mean-field optimum q*) is a traced
 :class:`Hyper`, so ``jax.jit(jax.vmap(make_train(spec)))`` runs a whole grid as one program and
 changing those values never recompiles.
 
@@ -48,7 +49,7 @@ import optax
 from vi_sweep.core.objectives import Params, make_objective
 from vi_sweep.core.schedule import logged_steps, row_steps, tail_start  # noqa: F401 - re-exported: the rows a run has
 from vi_sweep.core.optimizers import OPTIMIZERS, make_optimizer
-from vi_sweep.core.targets import TARGETS, GaussianTarget, make_target
+from vi_sweep.core.targets import TARGETS, Target, make_target, reference_optimum, split_target_params
 
 
 class TrainSpec(NamedTuple):
@@ -63,6 +64,7 @@ class TrainSpec(NamedTuple):
     d: int
     steps: int
     log_every: int
+    target_static: tuple[tuple[str, Any], ...] = ()  # a regression target's dataset and quadrature rule (targets.split_target_params)
 
 
 class Hyper(NamedTuple):
@@ -72,7 +74,8 @@ class Hyper(NamedTuple):
     seed: jax.Array  # shape=(), int32
     init_log_sigma: jax.Array  # shape=(), float32
     optimizer: dict  # name -> float32 scalar (b1, b2, eps, momentum, grad_clip, ...)
-    target: dict  # name -> float32 scalar (condition, rho, offset)
+    target: dict  # name -> float32 scalar (condition, rho, offset, prior_scale)
+    optimum: dict  # {} or, for a regression target, its q*: "mu", "log_sigma" -> float32 (d,)
 
 
 class TrainState(NamedTuple):
@@ -99,10 +102,10 @@ class Rows(NamedTuple):
     step: jax.Array  # int32: the step the row describes (the state after it)
     probe: jax.Array  # bool: a tail probe (see row_steps), not one of the notebook's logged rows
     loss: jax.Array
-    kl: jax.Array  # KL(q || p)
+    kl: jax.Array  # KL(q || p); NaN where it has no closed form (regression targets: log p(y) is unknown)
     kl_excess: jax.Array  # KL(q || p) - min over mean-field q of KL(q || p) = ELBO(q*) - ELBO(q), >= 0
     mu_norm: jax.Array
-    mean_error: jax.Array  # ||mu - target mean||
+    mean_error: jax.Array  # ||mu - mu*||, mu* the mean of the mean-field optimum q* (the target's mean if Gaussian)
     sigma_mean: jax.Array
     sigma_std: jax.Array
     sigma_min: jax.Array
@@ -143,13 +146,16 @@ def _parts(spec: TrainSpec) -> _Parts:
     clip_on = static_opt.pop("clip", False)
     steps, probes = row_steps(spec.steps, spec.log_every)
 
-    def build(hyper: Hyper) -> tuple[optax.GradientTransformation, GaussianTarget]:
+    target_static = dict(spec.target_static)
+
+    def build(hyper: Hyper) -> tuple[optax.GradientTransformation, Target]:
         opt_hyper = dict(hyper.optimizer)
         grad_clip = opt_hyper.pop("grad_clip", None)
         optimizer = make_optimizer(
             spec.optimizer, hyper.lr, grad_clip=grad_clip if clip_on else None, **opt_hyper, **static_opt
         )
-        target = make_target(spec.target, spec.d, **hyper.target)
+        optimum = (hyper.optimum["mu"], hyper.optimum["log_sigma"]) if hyper.optimum else None
+        target = make_target(spec.target, spec.d, optimum, **target_static, **hyper.target)
         return optimizer, target
 
     def draw_next(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -201,7 +207,7 @@ def _parts(spec: TrainSpec) -> _Parts:
             kl=target.kl(mu, log_sigma),
             kl_excess=target.kl_excess(mu, log_sigma),
             mu_norm=jnp.linalg.norm(mu),
-            mean_error=jnp.linalg.norm(mu - target.mean),
+            mean_error=jnp.linalg.norm(mu - target.meanfield_optimum()[0]),
             sigma_mean=jnp.mean(sigma),
             sigma_std=jnp.std(sigma),
             sigma_min=jnp.min(sigma),
@@ -348,11 +354,14 @@ def split_fields(fields: Mapping[str, Any]) -> tuple[TrainSpec, dict[str, Any]]:
     """Split a run's flat fields into the static :class:`TrainSpec` and plain traced values.
 
     The exact objective does not depend on ``estimator`` or ``num_mc``; they are normalised away
-    so that such jobs share one compiled program.
+    so that such jobs share one compiled program. A regression target's dataset and quadrature
+    rule are static (``TrainSpec.target_static``), its prior scale traced, and its mean-field
+    optimum q* is solved here on the host (float64, once per posterior) and traced too
+    (``traced["optimum"]``: tuples of floats, so the values stay hashable and picklable).
     """
     optimizer_static: list[tuple[str, Any]] = []
     optimizer_traced: dict[str, float] = {}
-    target_traced: dict[str, float] = {}
+    target_params: dict[str, Any] = {}
     for key, value in sorted(fields.items()):
         if key.startswith("optimizer_"):
             name = key[len("optimizer_") :]
@@ -364,11 +373,14 @@ def split_fields(fields: Mapping[str, Any]) -> tuple[TrainSpec, dict[str, Any]]:
             else:
                 optimizer_traced[name] = float(value)
         elif key.startswith("target_"):
-            target_traced[key[len("target_") :]] = float(value)
+            target_params[key[len("target_") :]] = value
+    target_static, target_traced = split_target_params(fields["target"], target_params)
     spec_values = {key: fields[key] for key in _SPEC_KEYS}
     if spec_values["objective"] == "exact":
         spec_values.update(estimator="none", num_mc=0)
-    spec = TrainSpec(optimizer_static=tuple(sorted(optimizer_static)), **spec_values)
+    spec = TrainSpec(
+        optimizer_static=tuple(sorted(optimizer_static)), target_static=tuple(sorted(target_static.items())), **spec_values
+    )
     traced = dict(
         lr=float(fields["lr"]),
         seed=int(fields["seed"]),
@@ -376,6 +388,9 @@ def split_fields(fields: Mapping[str, Any]) -> tuple[TrainSpec, dict[str, Any]]:
         optimizer=optimizer_traced,
         target=target_traced,
     )
+    optimum = reference_optimum(spec.target, spec.d, **target_static, **target_traced)
+    if optimum is not None:  # a float64 host solve, once per posterior (cached)
+        traced["optimum"] = {"mu": tuple(map(float, optimum[0])), "log_sigma": tuple(map(float, optimum[1]))}
     return spec, traced
 
 
@@ -392,13 +407,24 @@ def as_hyper(traced: Mapping[str, Any] | list[Mapping[str, Any]]) -> Hyper:
         init_log_sigma=stack(lambda t: t["init_log_sigma"], np.float32),
         optimizer={k: stack(lambda t, k=k: t["optimizer"][k], np.float32) for k in batch[0]["optimizer"]},
         target={k: stack(lambda t, k=k: t["target"][k], np.float32) for k in batch[0]["target"]},
+        optimum={k: stack(lambda t, k=k: t["optimum"][k], np.float32) for k in batch[0].get("optimum", {})},
     )
     if isinstance(traced, Mapping):
         hyper = jax.tree_util.tree_map(lambda x: x[0], hyper)
     return hyper
 
 
+FINAL_PARAMS = ("final_mu", "final_log_sigma")
+"""Entries beside the rows' columns in a run's output (:func:`train_one`, the launcher's chunks):
+its last ``mu`` and ``log_sigma``, saved next to its metrics (``params.parquet``)."""
+
+
+def final_params(state: TrainState) -> dict[str, np.ndarray]:
+    """The :data:`FINAL_PARAMS` of a (possibly batched) final state, as numpy."""
+    return {"final_mu": np.asarray(state.params.mu), "final_log_sigma": np.asarray(state.params.log_sigma)}
+
+
 def train_one(spec: TrainSpec, traced: Mapping[str, Any]) -> tuple[TrainState, dict[str, np.ndarray]]:
-    """Train one run; return the final state and its rows as numpy arrays."""
+    """Train one run; return the final state and its rows as numpy arrays (with :data:`FINAL_PARAMS`)."""
     state, rows = jitted_train(spec)(as_hyper(traced))
-    return state, {name: np.asarray(value) for name, value in rows._asdict().items()}
+    return state, {**{name: np.asarray(value) for name, value in rows._asdict().items()}, **final_params(state)}

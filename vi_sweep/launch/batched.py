@@ -59,6 +59,7 @@ from vi_sweep.launch.resume import Placement, SweepContents, describe_unreadable
 from vi_sweep.launch.sweep_plan import BYTES_PER_FLOAT, SizeError, bytes_per_run, check_fits, plan_sweep
 from vi_sweep.launch.task import finish_job, job_fields, job_scenario
 from vi_sweep.store.metrics import compact_table, status_of, write_compact
+from vi_sweep.store.params import write_compact_params
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +298,11 @@ def _compute_and_write(
     )
     from vi_sweep.core.trainer import split_fields
     from vi_sweep.store.baselines import baseline_key, baseline_table, cache_file, write_baseline
+    from vi_sweep.store.optima import prepare_optima
 
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))  # jobs may chdir; this must not move
+    # Regression targets: q* (float64, once per posterior) from the sweep's cache or solved and cached there.
+    prepare_optima(sweep_dir, [jobs[position].fields for position in todo] + twins)
     # The twins come last: planned as jobs len(todo), len(todo) + 1, ..., their group after the jobs' groups,
     # so they never delay the first call (their program is traced while the jobs train).
     split = [split_fields(jobs[position].fields) for position in todo] + [split_fields(twin) for twin in twins]
@@ -454,6 +458,8 @@ def write_compact_jobs(sweep_dir: Path, jobs: list[SweepJob], entries: list[tupl
     :class:`JobReturn` per job (its overrides and summary) for the sweeper."""
     table = compact_table([(jobs[p].num, rows, jobs[p].fields, diverged_at, jobs[p].scenario) for p, rows, diverged_at in entries])
     listed = [{"job": jobs[p].num, "fields": jobs[p].fields, "scenario": jobs[p].scenario, "overrides": list(jobs[p].overrides)} for p, _, _ in entries]
+    if entries and "final_mu" in entries[0][1]:  # first: a complete jobs file always has its runs' parameters
+        write_compact_params(sweep_dir, [(jobs[p].num, rows["final_mu"], rows["final_log_sigma"]) for p, rows, _ in entries])
     path = write_compact(sweep_dir, table, listed)
     returns = {}
     for position, rows, diverged_at in entries:

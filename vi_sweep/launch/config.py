@@ -33,12 +33,13 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from vi_sweep.core import objectives, optimizers, targets
+from vi_sweep.core import datasets, objectives, optimizers, regression, targets
 from vi_sweep.launch.plain import to_plain
 
 CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 """The top-level ``conf/`` directory of the checkout (vi_sweep runs from a source/editable install)."""
 
+DATASETS = tuple(datasets.DATASETS)
 OBJECTIVES = tuple(objectives.OBJECTIVES)
 ESTIMATORS = tuple(objectives.ESTIMATORS)
 OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
@@ -85,7 +86,8 @@ class OptimizerConf:
 
 @dataclass
 class TargetConf:
-    """A target p whose exact KL and mean-field optimum are closed form."""
+    """A target p with an exact deterministic objective and a known mean-field optimum (closed
+    form for the Gaussians, a float64 solve for the regression posteriors)."""
 
     name: str = MISSING
 
@@ -199,6 +201,8 @@ def _nonnegative_float(value: Any) -> bool:
 MAX_SEED = 2**31 - 1  # seeds are traced as int32
 MAX_STEPS = 2**31 - 1  # the trainer counts steps in int32 (TrainState.step, diverged_at)
 MAX_ABS_LOG_SIGMA = 40.0  # exp(2 * 40) ~ 5.5e34 is still a float32; sigma^2 at 45 is not
+MAX_ROWS = 10**7  # a synthetic dataset is a constant of the compiled program: keep it in memory
+MAX_QUADRATURE_NODES = 256  # numpy's hermegauss loses its weights to overflow beyond ~300 nodes
 
 
 @dataclass(frozen=True)
@@ -230,6 +234,14 @@ RULES: dict[str, Rule] = {
     "target.condition": Rule(lambda v: _finite_float(v) and v >= 1, "a finite number >= 1"),
     "target.rho": Rule(_in_unit_interval, "a number in [0, 1)"),
     "target.offset": Rule(_finite_float, "a finite number"),
+    "target.dataset": Rule(lambda v: v in DATASETS, "one of " + ", ".join(DATASETS)),
+    "target.num_rows": Rule(lambda v: _is_int(v) and 1 <= v <= MAX_ROWS, f"an integer in [1, {MAX_ROWS}]"),
+    "target.feature_correlation": Rule(_in_unit_interval, "a number in [0, 1)"),
+    "target.data_seed": Rule(lambda v: _is_int(v) and 0 <= v <= MAX_SEED, f"an integer in [0, {MAX_SEED}]"),
+    "target.prior_scale": Rule(_positive_float, "a finite number > 0"),
+    "target.quadrature_nodes": Rule(
+        lambda v: _is_int(v) and 1 <= v <= MAX_QUADRATURE_NODES, f"an integer in [1, {MAX_QUADRATURE_NODES}]"
+    ),
 }
 
 GROUPS = ("objective", "optimizer", "target", "scenario", "grid")
@@ -305,6 +317,26 @@ def validate(cfg: Mapping[str, Any]) -> None:
     for key, value in _flatten(plain).items():
         if key in RULES:
             check_value(key, value)
+    check_dataset(plain)
+
+
+def check_dataset(plain: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` if a regression target's dataset does not fit it: a real
+    dataset's response must be the model's (labels for logistic, counts for Poisson) and it fixes
+    ``d`` (its features and an intercept)."""
+    target = plain.get("target", {})
+    name, dataset = target.get("name"), target.get("dataset")
+    if name not in regression.POSTERIORS or dataset not in datasets.REAL_DATASETS:
+        return
+    info = datasets.REAL_DATASETS[dataset]
+    response = regression.POSTERIORS[name].response
+    if info.response != response:
+        raise ConfigError(
+            f"target.dataset={dataset} has a {info.response} response; target={name} needs one of {', '.join(datasets.datasets_for(response))}"
+        )
+    width = datasets.dataset_width(dataset, plain.get("d"))
+    if plain.get("d") != width:
+        raise ConfigError(f"d={plain.get('d')!r} is invalid with target.dataset={dataset}: its {info.features} features and an intercept make d={width}")
 
 
 def _to_plain(cfg: Mapping[str, Any]) -> dict[str, Any]:

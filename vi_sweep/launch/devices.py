@@ -109,12 +109,16 @@ def start_batch(spec, traced: Sequence[dict], devices, runs_per_stream: int = 1)
 
 def to_numpy(outputs) -> tuple:
     """Block on ``(state, rows)`` futures of :func:`start_batch`; return ``(diverged_at, {column: array})``
-    as numpy, one entry per run in the order they were given."""
+    as numpy, one entry per run in the order they were given, the columns with each run's final
+    parameters (``vi_sweep.core.trainer.FINAL_PARAMS``)."""
     import numpy as np
+
+    from vi_sweep.core.trainer import final_params
 
     state, rows = outputs
     flat = lambda value: np.asarray(value).reshape(-1, *np.shape(value)[2:])  # noqa: E731 - (streams, runs, ...) -> (runs, ...)
-    return flat(state.diverged_at), {name: flat(value) for name, value in rows._asdict().items()}
+    columns = {name: flat(value) for name, value in {**rows._asdict(), **final_params(state)}.items()}
+    return flat(state.diverged_at), columns
 
 
 @dataclass

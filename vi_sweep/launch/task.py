@@ -19,6 +19,7 @@ from vi_sweep.launch.config import ConfigError, run_fields, validate
 from vi_sweep.launch.devices import quiet_jax_logs
 from vi_sweep.launch.resume import finished_in, run_key
 from vi_sweep.store.metrics import METRICS_FILE, UnreadableRun, metrics_table, status_of, write_metrics
+from vi_sweep.store.params import write_params
 
 log = logging.getLogger("vi_sweep")
 
@@ -41,9 +42,11 @@ def job_scenario(cfg: DictConfig) -> str:
 
 
 def format_row(rows: Mapping[str, np.ndarray], i: int) -> str:
-    """One logged row in the notebook's print format."""
+    """One logged row in the notebook's print format (the KL excess where the KL is unknown: a regression target)."""
+    kl = float(rows["kl"][i])
+    distance = f"KL={kl: .6f}" if not np.isnan(kl) else f"KL excess={float(rows['kl_excess'][i]): .6f}"
     return (
-        f"t={int(rows['step'][i]):5d}  loss={float(rows['loss'][i]): .6f}  KL={float(rows['kl'][i]): .6f}  "
+        f"t={int(rows['step'][i]):5d}  loss={float(rows['loss'][i]): .6f}  {distance}  "
         f"|mu|={float(rows['mu_norm'][i]):.4f}  "
         f"mean(sigma)={float(rows['sigma_mean'][i]):.4f}  std(sigma)={float(rows['sigma_std'][i]):.4f}  "
         f"min(sigma)={float(rows['sigma_min'][i]):.4e}"
@@ -65,7 +68,12 @@ def finish_job(
 
     ``task_values``: the job's task config, resolved, if the caller has it already (the batched
     launcher resolved it when it composed the job); else it is resolved from ``cfg`` here.
+
+    ``rows`` may also hold the run's final parameters (``final_mu``, ``final_log_sigma``:
+    :data:`vi_sweep.core.trainer.FINAL_PARAMS`); they are written first, to ``params.parquet``.
     """
+    if "final_mu" in rows:
+        write_params(out_dir, rows["final_mu"], rows["final_log_sigma"], fields)
     table = metrics_table(rows, fields, diverged_at, scenario)
     if task_values is None:
         task_values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}  # type: ignore[union-attr]
