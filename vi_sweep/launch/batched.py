@@ -35,7 +35,6 @@ import contextlib
 import gc
 import logging
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -49,7 +48,8 @@ from omegaconf import DictConfig, open_dict
 
 from vi_sweep.launch.compose import TemplateComposer
 from vi_sweep.launch.config import ConfigError
-from vi_sweep.launch.history import HISTORY_DIR, sweep_history_entries
+from vi_sweep.launch.errors import CONFIG_ERRORS, describe
+from vi_sweep.launch.history import abandon_if_fresh
 from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
@@ -104,7 +104,7 @@ def launch(
         options.check()
         contents = scan_sweep(sweep_dir)
         jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, contents, resume=options.resume)
-    except (ConfigError, LauncherOptionError) as err:
+    except CONFIG_ERRORS as err:  # a job's config: Hydra could not compose it, or the trainer cannot run it
         _fail_before_writing(sweep_dir, err)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log.info("Launching %d jobs in batches (vi_sweep batched launcher); composed in %.1f s", len(jobs), time.perf_counter() - started)
@@ -151,8 +151,8 @@ def _stop(code: int, message: str) -> NoReturn:
 
 def _fail_before_writing(sweep_dir: Path, err: Exception) -> NoReturn:
     """One line, exit 2, and no sweep directory left behind that holds no job."""
-    _abandon_fresh_sweep_dir(sweep_dir)
-    print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
+    abandon_if_fresh(sweep_dir)
+    print(f"vi_sweep: error: {describe(err) or err}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
@@ -182,12 +182,12 @@ def compose_jobs(
     placement = Placement(contents)
     jobs = []
     for num, overrides in zip(numbers, job_overrides):
-        cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
-        task_values, out_dir = _task_values_and_dir(cfg)
         try:
+            cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
+            task_values, out_dir = _task_values_and_dir(cfg)
             fields = job_fields(task_values)
-        except ConfigError as err:
-            raise ConfigError(f"{err} (job {num}: {' '.join(filter_overrides(overrides))})") from None
+        except CONFIG_ERRORS as err:
+            raise ConfigError(f"{describe(err)} (job {num}: {' '.join(filter_overrides(overrides))})") from None
         scenario = job_scenario(cfg)
         job = SweepJob(num, list(overrides), fields, scenario, out_dir)
         key = run_key(fields, scenario)
@@ -248,16 +248,6 @@ def _as_current_hydra_config(cfg: DictConfig):
         yield
     finally:
         hydra_config.cfg = previous
-
-
-def _abandon_fresh_sweep_dir(sweep_dir: Path) -> None:
-    """Remove a sweep dir that was created for this rejected sweep: it holds nothing but Hydra's
-    ``multirun.yaml`` and the history this sweep began (:class:`vi_sweep.launch.callbacks.SweepHistory`)."""
-    if not sweep_dir.is_dir() or not {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", HISTORY_DIR}:
-        return
-    if (sweep_dir / HISTORY_DIR).exists() and sweep_history_entries(sweep_dir) > 1:
-        return  # an earlier sweep was started here
-    shutil.rmtree(sweep_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
