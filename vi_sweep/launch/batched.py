@@ -46,12 +46,14 @@ from hydra.core.utils import JobReturn, configure_log, filter_overrides, setup_g
 from hydra.types import HydraContext
 from omegaconf import DictConfig, open_dict
 
+from vi_sweep.analysis.optimized_metric import TailSummary
 from vi_sweep.launch.compose import TemplateComposer
 from vi_sweep.launch.config import ConfigError
 from vi_sweep.launch.errors import CONFIG_ERRORS, describe
 from vi_sweep.launch.history import abandon_if_fresh
 from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
+from vi_sweep.launch.job_values import ValueRule, assign_values, rule_of, run_summary
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
 from vi_sweep.launch.resume import Placement, SweepContents, describe_unreadable, resumed_return, run_key, scan_sweep
@@ -72,6 +74,7 @@ class SweepJob:
     out_dir: Path
     resumed: Optional[JobReturn] = None  # set if its run is already finished in the sweep directory
     relocated_from: Optional[Path] = None  # its own directory, if that held another config's run
+    rule: ValueRule = ValueRule()  # what it returns to the sweeper (optimized_metric, nonfinite_value)
 
 
 @contextlib.contextmanager
@@ -94,8 +97,16 @@ def launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
     options: BatchedLauncherConf,
+    compiled_sizes: Optional[dict] = None,
 ) -> list[JobReturn]:
-    """Run one batch of a Hydra sweep; return one :class:`JobReturn` per job, in order."""
+    """Run one batch of a Hydra sweep; return one :class:`JobReturn` per job, in order, each
+    holding the job's value for the sweeper (:mod:`vi_sweep.launch.job_values`).
+
+    ``compiled_sizes``: the chunk size each program was compiled for by earlier batches of this
+    sweep (a searching sweeper hands its trials over batch by batch), updated here: a smaller
+    chunk is padded up to it, so the search compiles each program once.
+    """
+    compiled_sizes = {} if compiled_sizes is None else compiled_sizes
     started = time.perf_counter()
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -116,14 +127,17 @@ def launch(
     todo = [position for position in range(len(jobs)) if position not in returns]
 
     twins: list[dict[str, Any]] = []
-    if options.exact_baselines:
+    if options.exact_baselines or any(job.rule.needs_exact_twin for job in jobs):
         from vi_sweep.store.baselines import missing_twins
 
         twins = missing_twins(sweep_dir, [job.fields for job in jobs])
     counters, groups = CompileCounts(), 0
+    twin_summaries: dict[str, TailSummary] = {}
     if todo or twins:
         try:
-            counters, groups = _compute_and_write(hydra_context, config, jobs, todo, twins, returns, options)
+            counters, groups = _compute_and_write(
+                hydra_context, config, jobs, todo, twins, returns, options, twin_summaries=twin_summaries, compiled_sizes=compiled_sizes
+            )
         except (LauncherOptionError, SizeError) as err:  # raised before any job is written
             _fail_before_writing(sweep_dir, err)
         except KeyboardInterrupt:
@@ -131,6 +145,9 @@ def launch(
         except OSError as err:  # a full disk, a directory that went read-only: the atomic writers left no partial file
             where = err.filename or sweep_dir
             _stop(1, f"cannot write {where}: {err.strerror or err}; {len(returns)} of {len(jobs)} runs written; rerun the same command to resume")
+    values = assign_values([(job.rule, job.fields) for job in jobs], [returns[p].return_value for p in range(len(jobs))], twin_summaries, sweep_dir)
+    for position, value in enumerate(values):
+        returns[position].return_value = value
     elapsed = time.perf_counter() - started
     relocated = sum(job.relocated_from is not None for job in jobs)
     moved = f"; {relocated} computed into new job dirs (their own held other configs' runs)" if relocated else ""
@@ -189,7 +206,7 @@ def compose_jobs(
         except CONFIG_ERRORS as err:
             raise ConfigError(f"{describe(err)} (job {num}: {' '.join(filter_overrides(overrides))})") from None
         scenario = job_scenario(cfg)
-        job = SweepJob(num, list(overrides), fields, scenario, out_dir)
+        job = SweepJob(num, list(overrides), fields, scenario, out_dir, rule=rule_of(task_values))
         key = run_key(fields, scenario)
         found = contents.finished.get(key) if resume else None
         if found is not None:
@@ -263,9 +280,13 @@ def _compute_and_write(
     twins: list[dict[str, Any]],
     returns: dict[int, JobReturn],
     options: BatchedLauncherConf,
+    *,
+    twin_summaries: dict[str, TailSummary],
+    compiled_sizes: dict,
 ) -> tuple[CompileCounts, int]:
     """Plan the jobs in ``todo`` and the exact baselines ``twins``, run every chunk, write every
-    job (filling ``returns``) and every baseline (``vi_sweep.store.baselines``)."""
+    job (filling ``returns``) and every baseline (``vi_sweep.store.baselines``; their summaries
+    into ``twin_summaries``, by baseline key)."""
     quiet_jax_logs()
     cwd = Path(str(config.hydra.runtime.cwd))
     on_submitit = options.engine == "submitit"
@@ -296,7 +317,10 @@ def _compute_and_write(
         max_batch_floats=budget,
         max_runs_per_call=options.max_runs_per_call,
         multiple_of=1 if on_submitit else len(devices),
+        compiled_sizes=compiled_sizes,
     )
+    for chunk in plan.chunks:
+        compiled_sizes[chunk.spec] = max(compiled_sizes.get(chunk.spec, 0), chunk.size)
     where = f"submitit ({options.submitit_cluster}) jobs" if on_submitit else f"calls on {len(devices)} device(s)"
     log.info(
         "%d jobs -> %d distinct runs in %d groups, %d %s%s", len(todo), len(plan.computations), len(plan.groups), len(plan.chunks), where,
@@ -314,6 +338,7 @@ def _compute_and_write(
             for job_in_plan in plan.computations[chunk.computations[slot]].jobs:
                 if job_in_plan >= len(todo):  # an exact baseline, not a job
                     twin = twins[job_in_plan - len(todo)]
+                    twin_summaries[baseline_key(twin)] = run_summary(rows, twin, diverged_at)
                     path = cache_file(sweep_dir, baseline_key(twin))
                     try:
                         write_baseline(path, baseline_table(rows, twin, diverged_at), twin)

@@ -90,6 +90,8 @@ def _composition(err: ConfigCompositionException) -> str:
 def _no_such_key(key: str, cause: OmegaConfBaseException) -> str:
     """A key the composed config has no place for: a typo at the top, or a field of another option of a group."""
     group, _, field = key.partition(".")
+    if group == "hydra":  # Hydra's own config (a launcher's or sweeper's options)
+        return f"{key}: {_first_line(str(cause))}"
     parent = cause.parent_node
     if field and group in SCHEMAS and parent is not None and "name" in parent:
         return str(unknown_group_field(group, parent["name"], field, [str(k) for k in parent.keys()]))

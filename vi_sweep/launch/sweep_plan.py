@@ -142,8 +142,15 @@ def plan_sweep(
     max_batch_floats: int,
     max_runs_per_call: Optional[int] = None,
     multiple_of: int = 1,
+    compiled_sizes: Optional[Mapping[Any, int]] = None,
 ) -> Plan:
-    """Deduplicate ``(spec, traced)`` jobs into computations, group them by spec, cut groups into chunks."""
+    """Deduplicate ``(spec, traced)`` jobs into computations, group them by spec, cut groups into chunks.
+
+    ``compiled_sizes``: spec -> a chunk size its program was already compiled for (an earlier
+    batch of the same sweep: a searching sweeper hands over a few trials at a time). A group that
+    fits in one smaller chunk is padded up to that size, so it runs on the compiled program
+    instead of compiling another (a compile costs more than a few padded runs).
+    """
     computations: list[Computation] = []
     index: dict[Hashable, int] = {}
     for job, (spec, traced) in enumerate(jobs):
@@ -168,6 +175,9 @@ def plan_sweep(
             max_runs_per_call=max_runs_per_call,
             multiple_of=multiple_of,
         )
+        compiled = (compiled_sizes or {}).get(spec, 0)
+        if size < compiled and len(positions) <= size:
+            size = compiled
         for start in range(0, len(positions), size):
             part = positions[start : start + size]
             padded = tuple(part) + (part[-1],) * (size - len(part))
