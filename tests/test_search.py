@@ -105,3 +105,18 @@ def test_the_stability_edge_example_finds_the_largest_converging_lr(cli, tmp_pat
     within = runs[runs["excess_over_exact"] <= runs["tolerance"]]
     assert best.best_value == -within["lr"].max()
     assert (runs.loc[runs["lr"] > within["lr"].max(), "excess_over_exact"] > runs["tolerance"].iloc[0]).all()
+
+
+def test_the_stability_edge_is_the_largest_lr_within_tolerance_per_num_mc():
+    from vi_sweep.analysis.edge import stability_edge
+
+    runs = pd.DataFrame({
+        "num_mc": [1, 1, 1, 1, 8, 8],
+        "lr": [0.01, 0.02, 0.04, 0.08, 0.05, 0.5],
+        "excess_over_exact": [0.1, 0.5, 3.0, 0.2, 0.3, np.nan],  # lr=0.08 is within but non-finite
+        "tolerance": [1.0] * 6,
+        "nonfinite": [False, False, False, True, False, True],
+    })
+    edges = stability_edge(runs).set_index("num_mc")
+    assert edges.loc[1, ["lr_edge", "lr_beyond", "n_within"]].tolist() == [0.02, 0.04, 2]
+    assert edges.loc[8, ["lr_edge", "lr_beyond", "n_runs"]].tolist() == [0.05, 0.5, 2]

@@ -38,7 +38,9 @@ from typing import Any, Callable, Optional, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-ROW_METRICS = ("kl_excess", "kl", "loss", "sigma_min", "sigma_mean", "mu_norm", "grad_norm")
+ROW_METRICS = ("kl_excess", "loss", "sigma_min", "grad_norm")
+"""The row columns logged as curves by default: convergence, the objective, collapse, instability.
+Each point costs MLflow ~0.2 ms on top of ~0.15 s a run: choose more with ``metrics``."""
 RUN_STATISTICS = (
     "tail_kl_excess", "excess_over_exact", "excess_over_exact_per_dim", "final_kl", "tail_kl", "tail_sigma_min",
     "trend_slope", "trend_n_eff", "time_to_tol_ratio", "baseline_tail_kl_excess",
