@@ -207,6 +207,7 @@ class _Worker:
     def __init__(self, open_store: Callable[[], "_Store"]) -> None:
         self._tasks: queue.Queue = queue.Queue()
         self._open = open_store
+        self._error: Optional[BaseException] = None  # a bug in a task: raised again by close()
         self._thread = threading.Thread(target=self._run, name="vi_sweep-mlflow", daemon=True)
         self._thread.start()
 
@@ -214,11 +215,19 @@ class _Worker:
         self._tasks.put(task)
 
     def close(self) -> None:
-        """Wait for every task queued so far."""
+        """Wait for every task queued so far; raise here what a task raised that was not the store's failure."""
         self._tasks.put(None)
         self._thread.join()
+        if self._error is not None:
+            raise self._error
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as err:  # noqa: BLE001 - not swallowed: close() raises it in the sweep's thread
+            self._error = err
+
+    def _serve(self) -> None:
         from mlflow.exceptions import MlflowException
 
         store: Optional[_Store] = None
