@@ -13,7 +13,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from vi_sweep.__main__ import main
-from vi_sweep.launch.precheck import precheck
 from vi_sweep.launch.config import CONF_DIR, group_options
 from vi_sweep.store.metrics import read_fields
 from vi_sweep.core.trainer import split_fields, train_one
@@ -116,7 +115,7 @@ KEY_OF_ANOTHER_OPTION = [  # (overrides, the one-line error)
     (["optimizer=adam,momentum", "optimizer.b1=0.5"], "optimizer.b1 is not a key of optimizer=momentum;"),
     (["target.rho=0.5"], "target.rho is not a key of target=standard_normal; its keys are name"),
     (["scenario=correlated,far_mean", "target.rho=0.5"], "target.rho is not a key of target=shifted; its keys are name, offset"),
-    (["target=glob(*)", "target.offset=1"], "target.offset is not a key of target=correlated;"),
+    (["target=glob(*)", "target.offset=1"], "target.offset is not a key of target=standard_normal;"),  # the primary config's target
     (["objective.num_mc=4"], "objective.num_mc is not a key of objective=mc; its keys are name, estimator"),
 ]
 
@@ -137,8 +136,10 @@ def test_a_key_of_an_option_that_is_not_chosen_is_a_one_line_error(overrides, me
     ["optimizer=adam,adamw", "optimizer.b1=0.5"],
     ["optimizer=momentum", "optimizer.nesterov=true", "optimizer.grad_clip=1.0"],
 ])
-def test_keys_of_the_chosen_options_pass_the_precheck(overrides):
-    precheck(overrides, multirun=True)
+def test_keys_of_the_chosen_options_compose_for_every_job(overrides, cli):
+    result = cli("multirun", *overrides, "grid=none", "--cfg", "job")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("# job ") >= 1
 
 
 def test_seed_stress_multirun_sweeps_seeds_and_keeps_its_lr_and_num_mc(cli):

@@ -1,15 +1,10 @@
-"""Command line: ``python -m vi_sweep {run,multirun,report,figures} ...``.
+"""Command line: ``python -m vi_sweep {run,multirun,report,figures} ...`` (also ``vi-sweep ...``).
 
-- ``run [overrides]``: one training run (Hydra's ``--cfg``, ``--help``, ``hydra.run.dir=`` ... work).
-- ``multirun [overrides]``: a sweep (same as Hydra's ``-m``); with no overrides the default grid
-  from ``conf/grid/default.yaml`` runs.
-- ``report SWEEP_DIR``: classify the runs of a sweep and write ``SWEEP_DIR/report/``.
-- ``figures [--check] [--only NAME]``: run the sweeps of the paper figures declared in
-  ``analysis/figures.yaml``, draw them into ``analysis/img/`` with a manifest, or check them
-  against it (:mod:`vi_sweep.figures_command`).
-
-Before Hydra starts, the overrides are checked (:mod:`vi_sweep.launch.precheck`), so bad input is
-one line on stderr, exit code 2, and no output directory is created.
+A thin dispatcher: each command is one line in :data:`COMMANDS` (``--help`` lists them) and one
+branch in :func:`main`. ``run`` and ``multirun`` are Hydra's (:mod:`vi_sweep.launch.entry`: every
+Hydra flag and extension point works, configuration errors are one line, exit code 2, nothing
+written); ``report`` is the analysis library's (:mod:`vi_sweep.analysis.report`); ``figures``
+runs and draws the paper figures declared in ``analysis/figures.yaml`` (:mod:`vi_sweep.figures_command`).
 """
 
 from __future__ import annotations
@@ -19,54 +14,94 @@ import os
 import sys
 from typing import NoReturn, Sequence
 
-COMMANDS = ("run", "multirun", "report", "figures")
-_INSPECT_FLAGS = ("--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
+COMMANDS = {
+    "run": "one training run (the default command): python -m vi_sweep run lr=0.05 num_mc=32",
+    "multirun": "a sweep (also -m): lists, range(), glob(); a search with hydra/sweeper=optuna (+search=stability_edge)",
+    "report": "classify a sweep's runs, write SWEEP_DIR/report/: python -m vi_sweep report SWEEP_DIR",
+    "figures": "run the paper figures' sweeps, draw them into analysis/img/ (--check: compare with the manifest, --only NAME)",
+}
+_SINGLE_CONFIG_FLAGS = ("--info", "-i", "--shell-completion", "-sc", "--help", "-h", "--hydra-help")
 
 
-def _hydra_main() -> None:
-    import hydra
+def version_line() -> str:
+    """``vi_sweep 0.1.0 (JAX 0.10.2, jaxlib 0.10.2, Hydra 1.3.8)``, without importing JAX."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    from vi_sweep.launch.config import CONF_DIR
-    from vi_sweep.launch.task import task
+    from vi_sweep import __version__
 
-    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)()
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"vi_sweep {__version__} (JAX {installed('jax')}, jaxlib {installed('jaxlib')}, Hydra {installed('hydra-core')})"
+
+
+def hydra_args(args: Sequence[str]) -> list[str]:
+    """vi_sweep's command line as Hydra's: ``run`` dropped, ``multirun`` -> ``--multirun``.
+
+    Hydra refuses ``--multirun`` together with ``--info``, ``--help`` and ``--shell-completion``;
+    those show the same either way, so ``--multirun`` is dropped (``multirun --cfg`` shows every
+    job's config: :func:`vi_sweep.launch.entry.show_jobs`).
+    """
+    args = list(args)
+    if args[:1] == ["run"]:
+        args = args[1:]
+    elif args[:1] == ["multirun"]:
+        args = ["--multirun", *args[1:]]
+    if any(flag in args for flag in _SINGLE_CONFIG_FLAGS):
+        args = [a for a in args if a not in ("--multirun", "-m")]
+    return args
+
+
+def completion_line(line: str) -> str:
+    """A shell's command line (``COMP_LINE``) as Hydra's completion reads it: the program as one
+    word (``python -m vi_sweep`` -> ``vi-sweep``) and no vi_sweep command (``run``, ``multirun``)."""
+    words = line.split(" ")
+    if len(words) >= 3 and words[1] == "-m":
+        words = ["vi-sweep", *words[3:]]
+    if len(words) >= 2 and words[1] in ("run", "multirun"):
+        words = [words[0], *words[2:]]
+    return " ".join(words)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "report":
+    if args[:1] == ["report"]:
         from vi_sweep.analysis.report import main as report_main
 
         return report_main(args[1:])
-    if args and args[0] == "figures":
+    if args[:1] == ["figures"]:
         from vi_sweep.figures_command import main as figures_main
 
         return figures_main(args[1:])
-    if args and args[0] == "run":
-        args = args[1:]
-    elif args and args[0] == "multirun":
-        args = ["--multirun", *args[1:]]
-    if "--multirun" in args and any(flag in args for flag in _INSPECT_FLAGS):
-        # Hydra refuses --multirun together with --cfg/--info; the config shown is the same.
-        args = [a for a in args if a != "--multirun"]
+    if "--version" in args:
+        print(version_line())
+        return 0
+    from vi_sweep.launch.config import CONF_DIR
 
-    from hydra._internal.utils import get_args_parser
+    if not (CONF_DIR / "config.yaml").is_file():
+        print(f"vi_sweep: error: config directory {CONF_DIR} not found (a broken install? pip install vi_sweep again)", file=sys.stderr)
+        return 2
+    if "COMP_LINE" in os.environ and any(flag in args for flag in ("-sc", "--shell-completion")):
+        os.environ["COMP_LINE"] = completion_line(os.environ["COMP_LINE"])
+    from vi_sweep.launch.entry import run_hydra
 
-    from vi_sweep.launch.config import CONF_DIR, ConfigError
-    from vi_sweep.launch.precheck import precheck
-
-    parsed, _ = get_args_parser().parse_known_args(args)
     try:
-        precheck(parsed.overrides or [], multirun=bool(parsed.multirun))
-    except ConfigError as err:
-        print(f"vi_sweep: error: {err}", file=sys.stderr)
-        return 2
-    if not CONF_DIR.is_dir():
-        print(f"vi_sweep: error: config directory {CONF_DIR} not found (install from a checkout: pip install -e .)", file=sys.stderr)
-        return 2
-    sys.argv = [sys.argv[0], *args]
-    _hydra_main()
-    return 0
+        return run_hydra(hydra_args(args), COMMANDS)
+    except SystemExit as stop:  # Hydra's --help and vi_sweep's one-line errors (StartGuard, the launcher) exit this way
+        return exit_code(stop.code)
+
+
+def exit_code(code: object) -> int:
+    """The exit status ``sys.exit(code)`` gives (a non-integer code is printed, status 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
 
 
 def exit_now(code: object) -> NoReturn:
@@ -76,11 +111,7 @@ def exit_now(code: object) -> NoReturn:
     JAX's runtime, compiled programs and thousands of config nodes one by one, which a sweep's
     wall time should not include. So: flush, close the logs, and leave.
     """
-    if code is None:
-        code = 0
-    elif not isinstance(code, int):  # as sys.exit prints a non-integer code
-        print(code, file=sys.stderr)
-        code = 1
+    code = exit_code(code)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -146,15 +146,16 @@ def chosen(declarations: list, only: Sequence[str] | None, path: Path) -> list:
 
 
 def check_sweeps(declarations: list) -> None:
-    """Every sweep's overrides checked as ``python -m vi_sweep multirun`` checks them, before any of them runs."""
-    from vi_sweep.launch.config import ConfigError
-    from vi_sweep.launch.precheck import precheck
+    """Every sweep's overrides checked as ``python -m vi_sweep multirun`` checks them (every job
+    composed and validated: :func:`vi_sweep.launch.entry.check_sweep`), before any of them runs."""
+    from vi_sweep.launch.entry import check_sweep
+    from vi_sweep.launch.errors import CONFIG_ERRORS, describe
 
     for declaration in declarations:
         try:
-            precheck(list(declaration.sweep), multirun=True)
-        except ConfigError as err:
-            raise FiguresError(f"figure {declaration.name}: {err}", status=2) from None
+            check_sweep(list(declaration.sweep))
+        except CONFIG_ERRORS as err:
+            raise FiguresError(f"figure {declaration.name}: {describe(err) or err}", status=2) from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class BatchedLauncher(Launcher):
         self.options = BatchedLauncherConf.from_hydra(options)
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
+        self.compiled_shapes: dict = {}  # program -> the (streams, runs per stream) it was compiled for, kept across the batches of one sweep
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         name = f"{getattr(task_function, '__module__', '?')}.{getattr(task_function, '__qualname__', '?')}"
@@ -63,6 +64,8 @@ class BatchedLauncher(Launcher):
         self.config = config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """One batch of jobs (the whole grid from the basic sweeper; ``n_jobs`` trials from Optuna's),
+        as one vmapped program per shape; each JobReturn holds the job's value for the sweeper."""
         from vi_sweep.launch.batched import launch
 
         assert self.hydra_context is not None and self.config is not None
@@ -76,4 +79,5 @@ class BatchedLauncher(Launcher):
             job_overrides=job_overrides,
             initial_job_idx=initial_job_idx,
             options=self.options,
+            compiled_shapes=self.compiled_shapes,
         )

@@ -35,7 +35,6 @@ import contextlib
 import gc
 import logging
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -47,18 +46,21 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra.types import HydraContext
 from omegaconf import DictConfig, open_dict
 
+from vi_sweep.analysis.optimized_metric import TailSummary
 from vi_sweep.launch.cluster import devices_per_task
 from vi_sweep.launch.compose import TemplateComposer
 from vi_sweep.launch.config import ConfigError
-from vi_sweep.launch.history import HISTORY_DIR, sweep_history_entries
+from vi_sweep.launch.errors import CONFIG_ERRORS, describe
+from vi_sweep.launch.history import abandon_if_fresh
 from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
+from vi_sweep.launch.job_values import ValueRule, assign_values, rule_of, run_summary
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
 from vi_sweep.launch.resume import Placement, SweepContents, describe_unreadable, resumed_return, run_key, scan_sweep
-from vi_sweep.launch.sweep_plan import BYTES_PER_FLOAT, SizeError, bytes_per_run, check_fits, plan_sweep
+from vi_sweep.launch.sweep_plan import BYTES_PER_FLOAT, SizeError, bytes_per_run, check_fits, compiled_shape, plan_sweep
 from vi_sweep.launch.task import finish_job, job_fields, job_scenario
-from vi_sweep.store.metrics import compact_table, status_of, write_compact
+from vi_sweep.store.metrics import compact_table, write_compact
 from vi_sweep.store.params import write_compact_params
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class SweepJob:
     out_dir: Path
     resumed: Optional[JobReturn] = None  # set if its run is already finished in the sweep directory
     relocated_from: Optional[Path] = None  # its own directory, if that held another config's run
+    rule: ValueRule = ValueRule()  # what it returns to the sweeper (optimized_metric, nonfinite_value)
 
 
 @contextlib.contextmanager
@@ -98,8 +101,16 @@ def launch(
     job_overrides: Sequence[Sequence[str]],
     initial_job_idx: int,
     options: BatchedLauncherConf,
+    compiled_shapes: Optional[dict] = None,
 ) -> list[JobReturn]:
-    """Run one batch of a Hydra sweep; return one :class:`JobReturn` per job, in order."""
+    """Run one batch of a Hydra sweep; return one :class:`JobReturn` per job, in order, each
+    holding the job's value for the sweeper (:mod:`vi_sweep.launch.job_values`).
+
+    ``compiled_shapes``: the call shape each program was compiled for by earlier batches of this
+    sweep (a searching sweeper hands its trials over batch by batch), updated here: a batch that
+    fits in it is padded up to it, so the search compiles each program once.
+    """
+    compiled_shapes = {} if compiled_shapes is None else compiled_shapes
     started = time.perf_counter()
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -108,7 +119,7 @@ def launch(
         options.check()
         contents = scan_sweep(sweep_dir)
         jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, contents, resume=options.resume, compact=options.layout == "compact")
-    except (ConfigError, LauncherOptionError) as err:
+    except CONFIG_ERRORS as err:  # a job's config: Hydra could not compose it, or the trainer cannot run it
         _fail_before_writing(sweep_dir, err)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log.info("Launching %d jobs in batches (vi_sweep batched launcher); composed in %.1f s", len(jobs), time.perf_counter() - started)
@@ -120,14 +131,17 @@ def launch(
     todo = [position for position in range(len(jobs)) if position not in returns]
 
     twins: list[dict[str, Any]] = []
-    if options.exact_baselines:
+    if options.exact_baselines or any(job.rule.needs_exact_twin for job in jobs):
         from vi_sweep.store.baselines import missing_twins
 
         twins = missing_twins(sweep_dir, [job.fields for job in jobs])
     counters, groups = CompileCounts(), 0
+    twin_summaries: dict[str, TailSummary] = {}
     if todo or twins:
         try:
-            counters, groups = _compute_and_write(hydra_context, config, jobs, todo, twins, returns, options)
+            counters, groups = _compute_and_write(
+                hydra_context, config, jobs, todo, twins, returns, options, twin_summaries=twin_summaries, compiled_shapes=compiled_shapes
+            )
         except (LauncherOptionError, SizeError) as err:  # raised before any job is written
             _fail_before_writing(sweep_dir, err)
         except KeyboardInterrupt:
@@ -135,6 +149,9 @@ def launch(
         except OSError as err:  # a full disk, a directory that went read-only: the atomic writers left no partial file
             where = err.filename or sweep_dir
             _stop(1, f"cannot write {where}: {err.strerror or err}; {len(returns)} of {len(jobs)} runs written; rerun the same command to resume")
+    values = assign_values([(job.rule, job.fields) for job in jobs], [returns[p].return_value for p in range(len(jobs))], twin_summaries, sweep_dir)
+    for position, value in enumerate(values):
+        returns[position].return_value = value
     elapsed = time.perf_counter() - started
     relocated = sum(job.relocated_from is not None for job in jobs)
     moved = f"; {relocated} computed under new job numbers (their own held other configs' runs)" if relocated else ""
@@ -155,8 +172,8 @@ def _stop(code: int, message: str) -> NoReturn:
 
 def _fail_before_writing(sweep_dir: Path, err: Exception) -> NoReturn:
     """One line, exit 2, and no sweep directory left behind that holds no job."""
-    _abandon_fresh_sweep_dir(sweep_dir)
-    print(f"vi_sweep: error: {err}", file=sys.stderr, flush=True)
+    abandon_if_fresh(sweep_dir)
+    print(f"vi_sweep: error: {describe(err) or err}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
@@ -188,14 +205,14 @@ def compose_jobs(
     placement = Placement(contents)
     jobs = []
     for num, overrides in zip(numbers, job_overrides):
-        cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
-        task_values, out_dir = _task_values_and_dir(cfg, compact)
         try:
+            cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
+            task_values, out_dir = _task_values_and_dir(cfg, compact)
             fields = job_fields(task_values)
-        except ConfigError as err:
-            raise ConfigError(f"{err} (job {num}: {' '.join(filter_overrides(overrides))})") from None
+        except CONFIG_ERRORS as err:
+            raise ConfigError(f"{describe(err)} (job {num}: {' '.join(filter_overrides(overrides))})") from None
         scenario = job_scenario(cfg)
-        job = SweepJob(num, list(overrides), fields, task_values, scenario, out_dir)
+        job = SweepJob(num, list(overrides), fields, task_values, scenario, out_dir, rule=rule_of(task_values))
         key = run_key(fields, scenario)
         found = contents.finished.get(key) if resume else None
         if found is not None:
@@ -258,16 +275,6 @@ def _as_current_hydra_config(cfg: DictConfig):
         hydra_config.cfg = previous
 
 
-def _abandon_fresh_sweep_dir(sweep_dir: Path) -> None:
-    """Remove a sweep dir that was created for this rejected sweep: it holds nothing but Hydra's
-    ``multirun.yaml`` and the history this sweep began (:class:`vi_sweep.launch.callbacks.SweepHistory`)."""
-    if not sweep_dir.is_dir() or not {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", HISTORY_DIR}:
-        return
-    if (sweep_dir / HISTORY_DIR).exists() and sweep_history_entries(sweep_dir) > 1:
-        return  # an earlier sweep was started here
-    shutil.rmtree(sweep_dir, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------------------------
 # Computing
 # ---------------------------------------------------------------------------------------------
@@ -281,9 +288,13 @@ def _compute_and_write(
     twins: list[dict[str, Any]],
     returns: dict[int, JobReturn],
     options: BatchedLauncherConf,
+    *,
+    twin_summaries: dict[str, TailSummary],
+    compiled_shapes: dict,
 ) -> tuple[CompileCounts, int]:
     """Plan the jobs in ``todo`` and the exact baselines ``twins``, run every chunk, write every
-    job (filling ``returns``) and every baseline (``vi_sweep.store.baselines``)."""
+    job (filling ``returns``) and every baseline (``vi_sweep.store.baselines``; their summaries
+    into ``twin_summaries``, by baseline key)."""
     quiet_jax_logs()
     cwd = Path(str(config.hydra.runtime.cwd))
     on_submitit = options.engine == "submitit"
@@ -317,7 +328,12 @@ def _compute_and_write(
         max_batch_floats=budget,
         max_runs_per_call=options.max_runs_per_call,
         multiple_of=devices_per_task(options) if on_submitit else len(devices),
+        compiled_shapes=compiled_shapes,
     )
+    for chunk in plan.chunks:
+        streams, runs = compiled_shapes.get(chunk.spec, (0, 0))
+        if chunk.size > streams * runs:  # the largest call compiled for this spec is the one later batches pad up to
+            compiled_shapes[chunk.spec] = compiled_shape(chunk)
     where = f"submitit ({options.submitit_cluster}) jobs" if on_submitit else f"calls on {len(devices)} device(s)"
     log.info(
         "%d jobs -> %d distinct runs in %d groups, %d %s%s", len(todo), len(plan.computations), len(plan.groups), len(plan.chunks), where,
@@ -338,6 +354,7 @@ def _compute_and_write(
             for job_in_plan in plan.computations[chunk.computations[slot]].jobs:
                 if job_in_plan >= len(todo):  # an exact baseline, not a job
                     twin = twins[job_in_plan - len(todo)]
+                    twin_summaries[baseline_key(twin)] = run_summary(rows, twin, diverged_at)
                     path = cache_file(sweep_dir, baseline_key(twin))
                     try:
                         write_baseline(path, baseline_table(rows, twin, diverged_at), twin)
@@ -460,16 +477,11 @@ def write_compact_jobs(sweep_dir: Path, jobs: list[SweepJob], entries: list[tupl
     listed = [{"job": jobs[p].num, "fields": jobs[p].fields, "scenario": jobs[p].scenario, "overrides": list(jobs[p].overrides)} for p, _, _ in entries]
     if entries and "final_mu" in entries[0][1]:  # first: a complete jobs file always has its runs' parameters
         write_compact_params(sweep_dir, [(jobs[p].num, rows["final_mu"], rows["final_log_sigma"]) for p, rows, _ in entries])
-    path = write_compact(sweep_dir, table, listed)
+    write_compact(sweep_dir, table, listed)
     returns = {}
     for position, rows, diverged_at in entries:
         ret = JobReturn(overrides=list(jobs[position].overrides), working_dir=os.getcwd(), task_name="vi_sweep", status=JobStatus.COMPLETED)
-        ret.return_value = {
-            "status": status_of(diverged_at),
-            "diverged_at": int(diverged_at),
-            "final_kl": float(rows["kl"][-1]),
-            "metrics": f"{path}#job={jobs[position].num}",
-        }
+        ret.return_value = run_summary(rows, jobs[position].fields, diverged_at)  # the job's value replaces it (assign_values)
         returns[position] = ret
     return returns
 

@@ -41,11 +41,13 @@ def ensure_writable_dir(path: str | Path, what: str) -> None:
 class StartGuard(Callback):
     """What can be checked before anything is written, checked then: one line and exit 2 instead.
 
-    ``run``: the composed config's values (:func:`vi_sweep.launch.config.validate`) and whether
-    the run fits in this machine's memory, before Hydra creates the run directory; then that
-    ``hydra.run.dir`` can be written. ``multirun``: ``hydra.sweep.dir`` can be written (each job's
-    values and size are checked by the batched launcher before it writes), and the sweep
-    directory's history records this multirun (:mod:`vi_sweep.launch.history`).
+    ``run``: the composed config (:func:`vi_sweep.launch.config.validate`: can the trainer run
+    it?) and whether the run fits in this machine's memory, before Hydra creates the run
+    directory; then that ``hydra.run.dir`` can be written. ``multirun``: the sweep as a whole
+    (:func:`vi_sweep.launch.sweep_checks.check_multirun`: scenario sweeps, and every job's composed
+    config unless the launcher validates them itself, as the batched one does before it writes),
+    then that ``hydra.sweep.dir`` can be written, and the sweep directory's history records this
+    multirun (:mod:`vi_sweep.launch.history`).
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -65,8 +67,15 @@ class StartGuard(Callback):
         ensure_writable_dir(config.hydra.run.dir, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from vi_sweep.launch.errors import CONFIG_ERRORS, describe
         from vi_sweep.launch.history import record_start
+        from vi_sweep.launch.sweep_checks import check_multirun
 
+        try:
+            check_multirun(config)
+        except CONFIG_ERRORS as err:
+            print(f"vi_sweep: error: {describe(err)}", file=sys.stderr, flush=True)
+            sys.exit(2)
         ensure_writable_dir(config.hydra.sweep.dir, "hydra.sweep.dir")
         record_start(
             Path(config.hydra.sweep.dir),

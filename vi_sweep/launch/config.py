@@ -33,11 +33,25 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from vi_sweep.analysis.optimized_metric import DEFAULT_METRIC, DEFAULT_NONFINITE_VALUE, OPTIMIZED_METRICS
 from vi_sweep.core import datasets, objectives, optimizers, regression, targets
 from vi_sweep.launch.plain import to_plain
 
-CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
-"""The top-level ``conf/`` directory of the checkout (vi_sweep runs from a source/editable install)."""
+
+
+def find_conf_dir() -> Path:
+    """The configs: ``vi_sweep/conf/`` where a wheel ships them, else the checkout's top-level ``conf/``.
+
+    The repository keeps ``conf/`` at its top level (a source tree or an editable install reads it
+    there); building a wheel copies it into the package (``setup.py``).
+    """
+    package = Path(__file__).resolve().parent.parent
+    shipped = package / "conf"
+    return shipped if (shipped / "config.yaml").is_file() else package.parent / "conf"
+
+
+CONF_DIR = find_conf_dir()
+"""The directory ``python -m vi_sweep`` composes from (:func:`find_conf_dir`)."""
 
 DATASETS = tuple(datasets.DATASETS)
 OBJECTIVES = tuple(objectives.OBJECTIVES)
@@ -124,6 +138,10 @@ class RunConf:
 
     Defaults are the notebook's ``run()`` defaults (mode mc, d=100, steps=2000, lr=1e-2,
     num_mc=8, init_log_sigma=-2, log_every=200, Adam).
+
+    ``optimized_metric`` and ``nonfinite_value`` do not change the run: they choose the float the
+    job returns to Hydra's sweeper (:mod:`vi_sweep.analysis.optimized_metric`), which a searching
+    sweeper (``hydra/sweeper=optuna``) minimises.
     """
 
     objective: ObjectiveConf = MISSING
@@ -136,6 +154,8 @@ class RunConf:
     steps: int = 2000
     init_log_sigma: float = -2.0
     log_every: int = 200
+    optimized_metric: str = DEFAULT_METRIC
+    nonfinite_value: float = DEFAULT_NONFINITE_VALUE
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
@@ -242,26 +262,18 @@ RULES: dict[str, Rule] = {
     "target.quadrature_nodes": Rule(
         lambda v: _is_int(v) and 1 <= v <= MAX_QUADRATURE_NODES, f"an integer in [1, {MAX_QUADRATURE_NODES}]"
     ),
+    "optimized_metric": Rule(lambda v: v in OPTIMIZED_METRICS, "one of " + ", ".join(OPTIMIZED_METRICS)),
+    "nonfinite_value": Rule(_finite_float, "a finite number"),
 }
 
-GROUPS = ("objective", "optimizer", "target", "scenario", "grid")
+GROUPS = ("objective", "optimizer", "target")
+"""The groups whose node the trainer reads: each option names a builder of a :mod:`vi_sweep.core` registry."""
+REGISTRIES = {"objective": ("objectives", OBJECTIVES), "optimizer": ("optimizers", OPTIMIZERS), "target": ("targets", TARGETS)}
 
 
 def group_options(group: str) -> list[str]:
-    """The options of a config group: the yaml files in ``conf/<group>/``."""
+    """The options vi_sweep ships for a config group: the yaml files in ``conf/<group>/``."""
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-def defaults_choices(path: Path) -> dict[str, str]:
-    """The group options a yaml file's defaults list selects (``optimizer: adam``, ``override /target: x``)."""
-    from omegaconf import DictConfig, OmegaConf
-
-    choices: dict[str, str] = {}
-    for entry in OmegaConf.load(path).get("defaults") or []:
-        if isinstance(entry, DictConfig):
-            for key, value in entry.items():
-                choices[str(key).removeprefix("override ").lstrip("/")] = str(value)
-    return choices
 
 
 def group_fields(group: str, option: str) -> list[str]:
@@ -269,28 +281,68 @@ def group_fields(group: str, option: str) -> list[str]:
     return [f.name for f in fields(SCHEMAS[group][option])]
 
 
-def check_group_field(group: str, options: Sequence[str], field: str) -> None:
-    """Raise :class:`ConfigError` if ``group.field`` is not a key of every option it may apply to.
+def run_keys() -> list[str]:
+    """The top-level keys of a run's config that are not groups (lr, num_mc, ...)."""
+    return [f.name for f in fields(RunConf) if f.name not in SCHEMAS]
 
-    Hydra reports this (``optimizer=sgd optimizer.b1=0.5``) as a multi-line error; this gives
-    the one line that names the key, the option and the keys it has.
-    """
-    for option in options:
-        known = group_fields(group, option) if option in SCHEMAS.get(group, {}) else None
-        if known is not None and field not in known:
-            raise ConfigError(f"{group}.{field} is not a key of {group}={option}; its keys are {', '.join(known)}")
+
+def cannot_run(group: str, name: Any) -> ConfigError:
+    """The error for a ``group`` option whose ``name`` has no builder in the trainer's registry
+    (a user's ``optimizer/lion.yaml``: Hydra composes it, the trainer cannot run it)."""
+    module, names = REGISTRIES[group]
+    return ConfigError(
+        f"{group}={name}: the trainer cannot run {group} {name}; it runs {', '.join(names)} (vi_sweep/core/{module}.py)"
+    )
+
+
+def unknown_key(key: str) -> ConfigError:
+    """The error for a top-level key vi_sweep does not have (``+foo=1``, a typo, a node of a foreign config)."""
+    return ConfigError(
+        f"{key} is not a vi_sweep key; keys are {', '.join(run_keys())}, "
+        f"groups {', '.join(GROUPS)} and their fields (e.g. optimizer.b1)"
+    )
+
+
+def unknown_group_field(group: str, option: Any, field: str, known: Sequence[str]) -> ConfigError:
+    """The error for a key the chosen option of ``group`` does not have (``optimizer=sgd optimizer.b1=0.5``)."""
+    return ConfigError(f"{group}.{field} is not a key of {group}={option}; its keys are {', '.join(known)}")
 
 
 def check_value(key: str, value: Any) -> None:
-    """Raise :class:`ConfigError` if ``key=value`` breaks its rule (unknown keys pass)."""
-    if key in GROUPS:
-        options = group_options(key)
-        if value not in options:
-            raise ConfigError(f"{key}={value} is not a known option; choose one of {', '.join(options)}")
-        return
+    """Raise :class:`ConfigError` if ``key=value`` breaks its rule (keys without a rule pass)."""
     rule = RULES.get(key)
     if rule is not None and not rule.check(value):
         raise ConfigError(f"{key}={value!r} is invalid: must be {rule.allowed}")
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Check a composed run config (a plain dict or DictConfig, without ``hydra``): can the trainer run it?
+
+    Whatever composed it -- vi_sweep's ``conf/``, a ``--config-dir``, ``hydra.searchpath``, an
+    ``+experiment=...`` file, a user's own option of a group -- the config must have every key
+    of :class:`RunConf` and no other, each group's ``name`` must name a builder of the core's
+    registries (:func:`cannot_run`), the group's keys must be that builder's, and every value
+    must keep its rule (:data:`RULES`). Raises :class:`ConfigError` (one line) on the first problem.
+    """
+    plain = _to_plain(cfg)
+    for key in [f.name for f in fields(RunConf)]:
+        if key not in plain:
+            raise ConfigError(f"{key} is required and cannot be deleted")
+    for key in plain:
+        if key not in SCHEMAS and key not in run_keys():
+            raise unknown_key(key)
+    for group in GROUPS:
+        node = plain[group] if isinstance(plain[group], Mapping) else {}
+        name = node.get("name")
+        if name not in SCHEMAS[group]:
+            raise cannot_run(group, name)
+        known = group_fields(group, name)
+        for field_name in node:
+            if field_name not in known:
+                raise unknown_group_field(group, name, field_name, known)
+    for key, value in _flatten(plain).items():
+        check_value(key, value)
+    check_dataset(plain)
 
 
 def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -302,22 +354,6 @@ def _flatten(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
-
-
-def validate(cfg: Mapping[str, Any]) -> None:
-    """Check a composed config (a plain dict or DictConfig) against :data:`RULES`.
-
-    Group names are checked against the code registries' names, every ruled key against its rule.
-    """
-    plain = _to_plain(cfg)
-    for group, names in (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS), ("target", TARGETS)):
-        name = plain.get(group, {}).get("name")
-        if name not in names:
-            raise ConfigError(f"{group}={name} is not a known option; choose one of {', '.join(names)}")
-    for key, value in _flatten(plain).items():
-        if key in RULES:
-            check_value(key, value)
-    check_dataset(plain)
 
 
 def check_dataset(plain: Mapping[str, Any]) -> None:

@@ -20,6 +20,10 @@ from typing import Any, Sequence
 HISTORY_DIR = ".vi_sweep"
 HISTORY_FILE = "history.jsonl"
 
+STARTED_HERE: list[Path] = []
+"""The sweep directories this process recorded a start in (:func:`record_start`), so that a
+sweep rejected before its first job can be removed again (:func:`abandon_if_fresh`)."""
+
 
 def sweep_history_entries(sweep_dir: Path) -> int:
     """How many multiruns were started into ``sweep_dir`` (0 if it has no history)."""
@@ -49,3 +53,15 @@ def record_start(sweep_dir: Path, *, overrides: Sequence[str], launcher: str, ar
     }
     with open(history / HISTORY_FILE, "a", encoding="utf-8") as lines:
         lines.write(json.dumps(entry, sort_keys=True) + "\n")
+    STARTED_HERE.append(Path(sweep_dir))
+
+
+def abandon_if_fresh(sweep_dir: Path) -> None:
+    """Remove a sweep directory created for a sweep that was rejected before any job: it holds
+    nothing but Hydra's ``multirun.yaml`` and the one history line this sweep began."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir() or not {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml", HISTORY_DIR}:
+        return
+    if (sweep_dir / HISTORY_DIR).exists() and sweep_history_entries(sweep_dir) > 1:
+        return  # an earlier sweep was started here
+    shutil.rmtree(sweep_dir, ignore_errors=True)

@@ -28,7 +28,9 @@ from typing import Any, Iterable, Mapping, NamedTuple, Optional
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 
-from vi_sweep.store.metrics import METRICS_FILE, RUNS_DIR, RunFile, UnreadableRun, compact_files, job_files, read_compact_file, read_run_file, status_of
+from vi_sweep.analysis.optimized_metric import TailSummary
+from vi_sweep.launch.job_values import file_summary
+from vi_sweep.store.metrics import METRICS_FILE, RUNS_DIR, UnreadableRun, compact_files, job_files, read_compact_file, read_run_file
 
 READ_THREADS = 8  # pyarrow reads without the GIL
 
@@ -38,21 +40,10 @@ def run_key(fields: Mapping[str, Any], scenario: str) -> str:
     return json.dumps({"fields": dict(fields), "scenario": scenario}, sort_keys=True)
 
 
-def summary_of(run: RunFile, path: Path) -> dict[str, Any]:
-    """A job's small result (its Hydra return value): status, non-finite step, final KL, file."""
-    diverged_at = int(run.table.column("diverged_at")[0].as_py() or 0)
-    return {
-        "status": status_of(diverged_at),
-        "diverged_at": diverged_at,
-        "final_kl": float(run.table.column("kl")[-1].as_py()),
-        "metrics": str(path),
-    }
-
-
 class FinishedRun(NamedTuple):
     out_dir: Path  # its job directory (for the compact layout: the one its job number names)
     key: str
-    summary: dict[str, Any]
+    summary: TailSummary  # what its job's return value is computed from (vi_sweep.launch.job_values)
     file: Path  # the file that holds it
     job: Optional[int] = None  # its job number in a compact file (None: the file is its own)
 
@@ -73,7 +64,7 @@ def read_finished(path: Path) -> FinishedRun:
     """The finished run in ``path`` (a ``metrics.parquet``); raises :class:`UnreadableRun`."""
     run = read_run_file(path)
     scenario = str(run.table.column("scenario")[0].as_py())
-    return FinishedRun(path.parent, run_key(run.fields, scenario), summary_of(run, path), path)
+    return FinishedRun(path.parent, run_key(run.fields, scenario), file_summary(run), path)
 
 
 def read_finished_compact(path: Path, sweep_dir: Path) -> list[FinishedRun]:
@@ -81,7 +72,7 @@ def read_finished_compact(path: Path, sweep_dir: Path) -> list[FinishedRun]:
     (``<sweep dir>/<job>``, where the job-directory layout would have put it); raises
     :class:`UnreadableRun` for the file."""
     return [
-        FinishedRun(sweep_dir / str(entry.job), run_key(entry.run.fields, entry.run.config["scenario"]), summary_of(entry.run, path), path, entry.job)
+        FinishedRun(sweep_dir / str(entry.job), run_key(entry.run.fields, entry.run.config["scenario"]), file_summary(entry.run), path, entry.job)
         for entry in read_compact_file(path)
     ]
 
@@ -160,8 +151,10 @@ def describe_unreadable(unreadable: Iterable[tuple[Path, str]], sweep_dir: Path,
     return lines
 
 
-def resumed_return(cfg: DictConfig, summary: dict[str, Any]) -> JobReturn:
-    """A COMPLETED :class:`JobReturn` (as ``run_job`` would build it) for a job already on disk."""
+def resumed_return(cfg: DictConfig, summary: TailSummary) -> JobReturn:
+    """A COMPLETED :class:`JobReturn` (as ``run_job`` would build it) for a job already on disk;
+    its return value is the run's summary until the launcher replaces it by the job's value
+    (:func:`vi_sweep.launch.job_values.assign_values`)."""
     ret = JobReturn(
         overrides=list(OmegaConf.to_container(cfg.hydra.overrides.task)),
         cfg=OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"]),

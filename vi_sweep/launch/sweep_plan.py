@@ -196,9 +196,17 @@ def plan_sweep(
     max_batch_floats: int,
     max_runs_per_call: Optional[int] = None,
     multiple_of: int = 1,
+    compiled_shapes: Optional[Mapping[Any, tuple[int, int]]] = None,
 ) -> Plan:
     """Deduplicate ``(spec, traced)`` jobs into computations, group them by spec, lay each group
-    out in streams, cut it into chunks."""
+    out in streams, cut it into chunks.
+
+    ``compiled_shapes``: spec -> ``(streams, runs_per_stream)`` of a call its program was already
+    compiled for (an earlier batch of the same sweep: a searching sweeper hands over a few
+    trials at a time; :func:`compiled_shape`). A group that fits in one call of that shape is laid
+    out in it, padded, so it runs on the compiled program instead of compiling another (a compile
+    costs more than a few padded runs).
+    """
     computations: list[Computation] = []
     index: dict[Hashable, int] = {}
     for job, (spec, traced) in enumerate(jobs):
@@ -224,9 +232,14 @@ def plan_sweep(
             len(positions), floats_per_run(spec), max_batch_floats=max_batch_floats, max_runs_per_call=max_runs_per_call, multiple_of=1
         )
         r = runs_per_stream([len(v) for v in streams.values()], capacity=capacity, multiple_of=multiple_of, draw_weight=1.0 if spec.num_mc else 0.0)
+        compiled = (compiled_shapes or {}).get(spec)
+        if compiled is not None and len(streams) <= compiled[0] and max(len(v) for v in streams.values()) <= compiled[1]:
+            r = compiled[1]  # one call of the shape compiled before, padded
         pieces = [_padded(members_[i : i + r], r) for members_ in streams.values() for i in range(0, len(members_), r)]
         per_call = max(1, capacity // r)
-        if len(pieces) <= per_call:
+        if compiled is not None and r == compiled[1] and len(pieces) <= compiled[0]:
+            per_call = compiled[0]
+        elif len(pieces) <= per_call:
             per_call = _round_up(len(pieces), multiple_of)
         else:
             per_call = max(multiple_of, per_call - per_call % multiple_of)
@@ -235,6 +248,11 @@ def plan_sweep(
             part = part + [(part[-1][0], (True,) * r)] * (per_call - len(part))
             chunks.append(Chunk(spec, sum((p[0] for p in part), ()), sum((p[1] for p in part), ()), r))
     return Plan(computations, list(members), chunks)
+
+
+def compiled_shape(chunk: Chunk) -> tuple[int, int]:
+    """The ``(streams, runs_per_stream)`` shape a chunk's program is compiled for (:func:`plan_sweep`'s ``compiled_shapes``)."""
+    return chunk.streams, chunk.runs_per_stream
 
 
 def _padded(positions: Sequence[int], size: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:

@@ -8,17 +8,20 @@ per job, so both paths write identical files.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from vi_sweep.analysis.optimized_metric import TailSummary
 from vi_sweep.launch.config import ConfigError, run_fields, validate
+from vi_sweep.launch.job_values import exact_twin_summary, rule_of, run_summary, value_for
 from vi_sweep.launch.devices import quiet_jax_logs
 from vi_sweep.launch.resume import finished_in, run_key
-from vi_sweep.store.metrics import METRICS_FILE, UnreadableRun, metrics_table, status_of, write_metrics
+from vi_sweep.store.metrics import METRICS_FILE, UnreadableRun, metrics_table, write_metrics
 from vi_sweep.store.params import write_params
 
 log = logging.getLogger("vi_sweep")
@@ -63,8 +66,9 @@ def finish_job(
     *,
     echo: bool = True,
     task_values: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write the job's parquet atomically, optionally print its rows; return a small summary.
+) -> TailSummary:
+    """Write the job's parquet atomically, optionally print its rows; return the run's
+    :class:`~vi_sweep.analysis.optimized_metric.TailSummary` (its job's value is computed from it).
 
     ``task_values``: the job's task config, resolved, if the caller has it already (the batched
     launcher resolved it when it composed the job); else it is resolved from ``cfg`` here.
@@ -85,16 +89,29 @@ def finish_job(
         if diverged_at:
             print(f"non-finite at step {diverged_at}: updates stopped there, parameters kept at their last finite values")
     log.info("wrote %s", path)
-    return {
-        "status": status_of(diverged_at),
-        "diverged_at": int(diverged_at),
-        "final_kl": float(rows["kl"][-1]),
-        "metrics": str(path),
-    }
+    return run_summary(rows, fields, diverged_at)
 
 
-def task(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra task function: validate, train once (jitted, cached per shape), write parquet.
+def job_return_value(cfg: DictConfig, fields: Mapping[str, Any], summary: TailSummary) -> Optional[float]:
+    """In a multirun, the float the sweeper reads (``optimized_metric``, :mod:`vi_sweep.launch.job_values`;
+    an exact twin it needs is read from the sweep's baseline cache or trained and cached);
+    ``None`` for a single run, whose return value nobody reads."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        return None
+    rule = rule_of(cfg)
+    twin = None
+    if rule.needs_exact_twin:
+        twin = summary if fields["objective"] == "exact" else exact_twin_summary(Path(os.path.abspath(str(hydra_config.sweep.dir))), fields)
+    return value_for(rule, fields, summary, twin)
+
+
+def task(cfg: DictConfig) -> Optional[float]:
+    """Hydra task function: validate, train once (jitted, cached per shape), write parquet, and
+    return the job's value to the sweeper (:func:`job_return_value`).
 
     Under a launcher that places jobs by number (Hydra's basic launcher, submitit), a job whose
     directory already holds its finished run is not recomputed (a rerun resumes), and a job whose
@@ -122,7 +139,7 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     if existing is not None:
         if existing.key == run_key(fields, scenario):
             log.info("%s already holds this run: resumed, not recomputed", out_dir)
-            return existing.summary
+            return job_return_value(cfg, fields, existing.summary)
         launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "this launcher")
         print(
             f"vi_sweep: error: {out_dir} already holds a finished run of another config; hydra/launcher={launcher} places "
@@ -133,7 +150,8 @@ def task(cfg: DictConfig) -> dict[str, Any]:
     spec, traced = split_fields(fields)
     state, rows = train_one(spec, traced)
     try:
-        return finish_job(out_dir, cfg, fields, scenario, rows, int(state.diverged_at))
+        summary = finish_job(out_dir, cfg, fields, scenario, rows, int(state.diverged_at))
     except OSError as err:  # disk full, permissions: the atomic writer left nothing behind
         print(f"vi_sweep: error: cannot write {out_dir}/{METRICS_FILE}: {err.strerror or err}", file=sys.stderr)
         sys.exit(1)
+    return job_return_value(cfg, fields, summary)
