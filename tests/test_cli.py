@@ -182,7 +182,8 @@ def test_keys_and_sweeps_vi_sweep_cannot_run_are_one_line(mode, override, messag
     assert not out.exists()
 
 
-@pytest.mark.parametrize("sweep", [("scenario=seed_stress,none", "grid=none"), ("scenario=glob(*)", "lr=0.1", "num_mc=1,4")])
+# The real-posterior scenarios fix d by their dataset (d=3 is refused for them): left out of the glob.
+@pytest.mark.parametrize("sweep", [("scenario=seed_stress,none", "grid=none"), ("scenario=glob(*,exclude=[breast_cancer,randhie])", "lr=0.1", "num_mc=1,4")])
 def test_a_scenario_sweep_with_grid_none_or_its_keys_on_the_command_line_is_fine(sweep, cli, tmp_path):
     tiny = ("steps=20", "log_every=10", "d=3", "hydra.callbacks.sweep_summary.report=false")
     result = cli("multirun", *sweep, *tiny, f"hydra.sweep.dir={tmp_path}")

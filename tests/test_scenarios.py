@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from vi_sweep.__main__ import main
 from vi_sweep.launch.config import CONF_DIR, group_options
 from vi_sweep.store.metrics import read_fields
 from vi_sweep.core.trainer import split_fields, train_one
@@ -115,17 +114,19 @@ KEY_OF_ANOTHER_OPTION = [  # (overrides, the one-line error)
     (["optimizer=adam,momentum", "optimizer.b1=0.5"], "optimizer.b1 is not a key of optimizer=momentum;"),
     (["target.rho=0.5"], "target.rho is not a key of target=standard_normal; its keys are name"),
     (["scenario=correlated,far_mean", "target.rho=0.5"], "target.rho is not a key of target=shifted; its keys are name, offset"),
-    (["target=glob(*)", "target.offset=1"], "target.offset is not a key of target=standard_normal;"),  # the primary config's target
+    (["target=glob(*)", "target.offset=1"], "target.offset is not a key of target=correlated;"),  # the first job's target without it
     (["objective.num_mc=4"], "objective.num_mc is not a key of objective=mc; its keys are name, estimator"),
 ]
 
 
 @pytest.mark.parametrize("overrides,message", KEY_OF_ANOTHER_OPTION)
-def test_a_key_of_an_option_that_is_not_chosen_is_a_one_line_error(overrides, message, tmp_path, capsys):
+def test_a_key_of_an_option_that_is_not_chosen_is_a_one_line_error(overrides, message, tmp_path, cli):
+    # A subprocess, as a user runs it: Hydra's logging setup closes the file handlers of the
+    # process it runs in (logging.config.dictConfig), pytest's own among them.
     out = tmp_path / "out"
-    code = main(["multirun", *overrides, f"hydra.sweep.dir={out}"])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"vi_sweep: error: {message}")
+    result = cli("multirun", *overrides, f"hydra.sweep.dir={out}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"vi_sweep: error: {message}"), result.stderr
     assert not out.exists()
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from vi_sweep.core.schedule import row_steps
 
-from vi_sweep.launch.sweep_plan import chunk_size, floats_per_run, plan_sweep, runs_per_stream
+from vi_sweep.launch.sweep_plan import chunk_size, compiled_shape, floats_per_run, plan_sweep, runs_per_stream
 from vi_sweep.core.trainer import split_fields
 from tests.sweeps import flat_fields
 
@@ -105,3 +105,18 @@ def test_stream_pieces_fit_the_budget_and_pad_least():
     assert runs_per_stream([6, 6, 6], capacity=100, multiple_of=2, draw_weight=1.0) == 3  # 3 on 2: halves pad less than a whole stream
     assert runs_per_stream([1] * 10, capacity=100, multiple_of=2, draw_weight=1.0) == 1
     assert runs_per_stream([6], capacity=100, multiple_of=2, draw_weight=1.0) == 3  # one stream of 6 on 2 devices: 2 pieces of 3
+
+
+def test_a_later_batch_that_fits_a_compiled_shape_is_padded_to_it():
+    """A searching sweeper hands over a few trials at a time: a batch that fits in a call shape
+    compiled for an earlier batch runs in that shape (padded), so the search compiles once."""
+    first = plan_sweep(jobs(*[fields(seed=0, lr=0.01 * (k + 1)) for k in range(8)]), max_batch_floats=10**9, multiple_of=2)
+    (compiled,) = first.chunks
+    shapes = {compiled.spec: compiled_shape(compiled)}
+    assert shapes[compiled.spec] == (compiled.streams, compiled.runs_per_stream)
+    later = plan_sweep(jobs(*[fields(seed=0, lr=0.5 + k) for k in range(3)]), max_batch_floats=10**9, multiple_of=2, compiled_shapes=shapes)
+    (chunk,) = later.chunks
+    assert compiled_shape(chunk) == shapes[compiled.spec] and chunk.real == 3
+    # A batch that does not fit (more streams than compiled) is planned on its own.
+    wider = plan_sweep(jobs(*[fields(seed=s, lr=0.5) for s in range(5)]), max_batch_floats=10**9, multiple_of=2, compiled_shapes=shapes)
+    assert [compiled_shape(c) for c in wider.chunks] != [shapes[compiled.spec]] and sum(c.real for c in wider.chunks) == 5

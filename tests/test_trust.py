@@ -246,7 +246,7 @@ def test_the_compact_layout_holds_the_same_runs_and_report_and_resumes_and_exten
     assert run_cli("multirun", *grid, f"hydra.sweep.dir={jobs_dir}").returncode == 0
     compact = run_cli("multirun", *grid, "hydra.launcher.layout=compact", f"hydra.sweep.dir={compact_dir}")
     assert compact.returncode == 0, compact.stderr
-    assert not list(compact_dir.glob("*/metrics.parquet")) and len(list((compact_dir / "runs").glob("*.parquet"))) == 1
+    assert not list(compact_dir.glob("*/metrics.parquet")) and len(list((compact_dir / "runs").glob("jobs-*.parquet"))) == 1
     assert f"vi_sweep: 6 runs written to {compact_dir}" in compact.stdout
     one, other = by_key(jobs_dir), by_key(compact_dir)
     assert one.keys() == other.keys() and len(one) == 6

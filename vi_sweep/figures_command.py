@@ -86,10 +86,11 @@ def _run(args: argparse.Namespace, started: float) -> int:
     check_sweeps(declarations)
     manifest_path = args.img / MANIFEST
     committed = read_manifest(manifest_path) if args.check or manifest_path.exists() else None
-    sweep_dirs = {d.name: sweep_dir(args.sweeps, d.sweep) for d in declarations}
-    for number, path in enumerate(dict.fromkeys(sweep_dirs.values()), start=1):
-        users = [d for d in declarations if sweep_dirs[d.name] == path]
-        run_sweep(users[0].sweep, path, cwd=args.root, label=f"sweep {number} ({', '.join(d.name for d in users)})")
+    sweep_dirs = {d.name: [sweep_dir(args.sweeps, overrides) for overrides in d.sweeps] for d in declarations}
+    wanted = {path: overrides for d in declarations for path, overrides in zip(sweep_dirs[d.name], d.sweeps)}
+    for number, (path, overrides) in enumerate(wanted.items(), start=1):
+        users = [d.name for d in declarations if path in sweep_dirs[d.name]]
+        run_sweep(overrides, path, cwd=args.root, label=f"sweep {number} ({', '.join(users)})")
     if args.check:
         with tempfile.TemporaryDirectory(prefix="vi_sweep-figures-") as scratch:
             fresh = draw(declarations, sweep_dirs, Path(scratch))
@@ -103,7 +104,7 @@ def _run(args: argparse.Namespace, started: float) -> int:
         shutil.rmtree(staging, ignore_errors=True)
     print(f"vi_sweep: {len(declarations)} figures written to {args.img} ({MANIFEST}) in {time.monotonic() - started:.1f} s")
     if not args.only:
-        stale = undeclared_sweeps(args.sweeps, set(sweep_dirs.values()))
+        stale = undeclared_sweeps(args.sweeps, set(wanted))
         if stale:
             print(f"vi_sweep: {len(stale)} sweep directories under {args.sweeps} belong to no declared figure any more (delete them to free space): {', '.join(p.name for p in stale)}")
     return 0
@@ -153,7 +154,8 @@ def check_sweeps(declarations: list) -> None:
 
     for declaration in declarations:
         try:
-            check_sweep(list(declaration.sweep))
+            for overrides in declaration.sweeps:
+                check_sweep(list(overrides))
         except CONFIG_ERRORS as err:
             raise FiguresError(f"figure {declaration.name}: {describe(err) or err}", status=2) from None
 
@@ -213,7 +215,7 @@ def run_sweep(overrides: Sequence[str], path: Path, *, cwd: Path, label: str) ->
 # --------------------------------------------------------------------------------------------
 
 
-def draw(declarations: list, sweep_dirs: Mapping[str, Path], out: Path) -> dict[str, dict[str, Any]]:
+def draw(declarations: list, sweep_dirs: Mapping[str, Sequence[Path]], out: Path) -> dict[str, dict[str, Any]]:
     """Draw every declared figure into ``out``; return their manifest entries."""
     from vi_sweep.analysis.figures import save_figure
     from vi_sweep.analysis.paper import SweepData, draw_figure, manifest_entry
@@ -222,20 +224,22 @@ def draw(declarations: list, sweep_dirs: Mapping[str, Path], out: Path) -> dict[
     loaded: dict[Path, Any] = {}
     entries = {}
     for declaration in declarations:
-        path = sweep_dirs[declaration.name]
+        path, *more_paths = sweep_dirs[declaration.name]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", SkippedFileWarning)
             try:
-                if path not in loaded:
-                    loaded[path] = SweepData(path)
-                data = loaded[path]
-                files = save_figure(draw_figure(declaration, data), out / declaration.name)
+                for needed in (path, *more_paths):
+                    if needed not in loaded:
+                        loaded[needed] = SweepData(needed)
+                data, more = loaded[path], [loaded[p] for p in more_paths]
+                files = save_figure(draw_figure(declaration, data, more), out / declaration.name)
             except SweepError as err:
                 raise FiguresError(f"figure {declaration.name}: {err}") from None
         for item in caught:
             print(f"vi_sweep: warning: figure {declaration.name}: {item.message}", file=sys.stderr)
-        entries[declaration.name] = manifest_entry(declaration, files, data)
-        print(f"vi_sweep: drew {declaration.name} ({data.digest['count']} runs of {path.name})", flush=True)
+        entries[declaration.name] = manifest_entry(declaration, files, data, more)
+        extra = f" and {sum(d.digest['count'] for d in more)} of {len(more)} further sweeps" if more else ""
+        print(f"vi_sweep: drew {declaration.name} ({data.digest['count']} runs of {path.name}{extra})", flush=True)
     return entries
 
 

@@ -5,7 +5,9 @@ A declarations file (the project's is ``analysis/figures.yaml``) maps figure nam
 
 - ``sweep``: the Hydra overrides of the ``python -m vi_sweep multirun`` that makes its data
   (``[]`` is the default grid of ``conf/grid/default.yaml``);
-- ``plot``: one of :data:`PLOTS`, with ``args``, its keyword arguments.
+- ``plot``: one of :data:`PLOTS`, with ``args``, its keyword arguments;
+- ``more_sweeps`` (optional): further sweeps a plot draws on, a list of override lists (the
+  stability edge: one Optuna search per num_mc, overlaid on the grid's phase map).
 
 ``python -m vi_sweep figures`` (:mod:`vi_sweep.figures_command`) runs the sweeps and draws each
 figure with :func:`draw_figure`. This module is the part without Hydra and without processes:
@@ -42,7 +44,7 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 FIGURE_FILES = (".png", ".pdf")
 FIGURE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # becomes a file name
-DECLARATION_KEYS = ("sweep", "plot", "args")
+DECLARATION_KEYS = ("sweep", "plot", "args", "more_sweeps")
 RESERVED_OVERRIDES = ("hydra.sweep.dir",)  # the figures command chooses it (one directory per declared sweep)
 
 
@@ -57,10 +59,19 @@ class FigureDeclaration(NamedTuple):
     sweep: tuple[str, ...]  # Hydra overrides of its multirun
     plot: str  # a key of PLOTS
     args: Mapping[str, Any]  # the plot's keyword arguments
+    more_sweeps: tuple[tuple[str, ...], ...] = ()  # further sweeps the plot draws on (its ``more`` argument)
+
+    @property
+    def sweeps(self) -> tuple[tuple[str, ...], ...]:
+        """Every sweep the figure needs: its own, then ``more_sweeps``."""
+        return (self.sweep, *self.more_sweeps)
 
     def config(self) -> dict[str, Any]:
         """What the manifest records as the figure's config (plain JSON)."""
-        return {"sweep": list(self.sweep), "plot": {"kind": self.plot, "args": dict(self.args)}}
+        config = {"sweep": list(self.sweep), "plot": {"kind": self.plot, "args": dict(self.args)}}
+        if self.more_sweeps:
+            config["more_sweeps"] = [list(sweep) for sweep in self.more_sweeps]
+        return config
 
 
 class SweepData:
@@ -148,15 +159,32 @@ def plot_compare_curves(
     return compare_curves(steps, list(values), series=lines, facet_by=facet_keys(steps, facet_by, shown=lines), log=log)
 
 
+def plot_stability_edge(data: SweepData, more: Sequence[SweepData] = (), *, select: Mapping[str, Any] | None = None) -> Figure:
+    """The phase map of ``data`` (one facet, as :func:`plot_phase_map`) with the stability edge
+    (:func:`vi_sweep.analysis.edge.stability_edge`) read off the runs of the ``more`` sweeps --
+    searches, e.g. one ``search=stability_edge`` per num_mc -- drawn over it."""
+    from vi_sweep.analysis.edge import edge_overlay, stability_edge
+
+    if not more:
+        raise SweepError("the stability edge is read off further sweeps: declare them as more_sweeps")
+    cells, facet, overlays = _one_facet(data, select, "phase_map")
+    edges = stability_edge(pd.concat([_selected(extra.runs, select) for extra in more], ignore_index=True))
+    return phase_map(cells, facet=facet, overlays=[*overlays, edge_overlay(edges)])
+
+
 PLOTS: dict[str, Callable[..., Figure]] = {
     "phase_map": plot_phase_map,
     "excess_heatmap": plot_excess_heatmap,
     "compare_curves": plot_compare_curves,
+    "stability_edge": plot_stability_edge,
 }
+MULTI_SWEEP_PLOTS = ("stability_edge",)  # plots that take the further sweeps (``more``)
 
 
-def draw_figure(declaration: FigureDeclaration, data: SweepData) -> Figure:
-    """Draw one declared figure from its sweep."""
+def draw_figure(declaration: FigureDeclaration, data: SweepData, more: Sequence[SweepData] = ()) -> Figure:
+    """Draw one declared figure from its sweep (and its ``more_sweeps``, read as ``more``)."""
+    if declaration.plot in MULTI_SWEEP_PLOTS:
+        return PLOTS[declaration.plot](data, more, **declaration.args)
     return PLOTS[declaration.plot](data, **declaration.args)
 
 
@@ -184,16 +212,24 @@ def _declaration(name: Any, entry: Any, source: str) -> FigureDeclaration:
         raise DeclarationError(f"{where}: expected a mapping with {', '.join(DECLARATION_KEYS)}")
     unknown = [key for key in entry if key not in DECLARATION_KEYS]
     if unknown or "sweep" not in entry or "plot" not in entry:
-        raise DeclarationError(f"{where}: expected keys sweep, plot and optionally args (got {', '.join(map(str, entry))})")
+        raise DeclarationError(f"{where}: expected keys sweep, plot and optionally args, more_sweeps (got {', '.join(map(str, entry))})")
     sweep = entry["sweep"]
     if not isinstance(sweep, list) or not all(isinstance(o, str) for o in sweep):
         raise DeclarationError(f"{where}: sweep must be a list of Hydra overrides (strings), e.g. [optimizer=sgd, 'lr=0.01,0.1']")
     for override in sweep:
         if override.split("=", 1)[0].lstrip("+~") in RESERVED_OVERRIDES:
             raise DeclarationError(f"{where}: {override}: the figures command chooses the sweep directory")
+    more_sweeps = entry.get("more_sweeps") or []
+    if not isinstance(more_sweeps, list) or not all(isinstance(m, list) and all(isinstance(o, str) for o in m) for m in more_sweeps):
+        raise DeclarationError(f"{where}: more_sweeps must be a list of override lists, e.g. [[search=stability_edge, num_mc=1]]")
+    for override in [o for m in more_sweeps for o in m]:
+        if override.split("=", 1)[0].lstrip("+~") in RESERVED_OVERRIDES:
+            raise DeclarationError(f"{where}: {override}: the figures command chooses the sweep directory")
     plot = entry["plot"]
     if plot not in PLOTS:
         raise DeclarationError(f"{where}: unknown plot {plot!r}; plots are {', '.join(PLOTS)}")
+    if more_sweeps and plot not in MULTI_SWEEP_PLOTS:
+        raise DeclarationError(f"{where}: plot {plot} draws one sweep; more_sweeps is for {', '.join(MULTI_SWEEP_PLOTS)}")
     args = entry.get("args") or {}
     if not isinstance(args, Mapping):
         raise DeclarationError(f"{where}: args must be a mapping of {plot}'s keyword arguments")
@@ -201,7 +237,7 @@ def _declaration(name: Any, entry: Any, source: str) -> FigureDeclaration:
     wrong = [key for key in args if key not in accepted]
     if wrong:
         raise DeclarationError(f"{where}: plot {plot} has no argument {', '.join(map(str, wrong))} (it takes {', '.join(accepted)})")
-    return FigureDeclaration(name, tuple(sweep), plot, dict(args))
+    return FigureDeclaration(name, tuple(sweep), plot, dict(args), tuple(tuple(m) for m in more_sweeps))
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,9 +249,13 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def manifest_entry(declaration: FigureDeclaration, files: Sequence[Path], data: SweepData) -> dict[str, Any]:
-    """A figure's manifest entry: its config, the digest of the runs it drew, its files' SHA-256."""
-    return {**declaration.config(), "runs": data.digest, "files": {path.name: file_sha256(path) for path in sorted(files)}}
+def manifest_entry(declaration: FigureDeclaration, files: Sequence[Path], data: SweepData, more: Sequence[SweepData] = ()) -> dict[str, Any]:
+    """A figure's manifest entry: its config, the digest of the runs it drew (of each further
+    sweep too), its files' SHA-256."""
+    entry = {**declaration.config(), "runs": data.digest, "files": {path.name: file_sha256(path) for path in sorted(files)}}
+    if more:
+        entry["more_runs"] = [extra.digest for extra in more]
+    return entry
 
 
 def made_with(cpu_vector_width: int | None) -> dict[str, Any]:
@@ -241,6 +281,10 @@ def figure_changes(committed: Mapping[str, Any] | None, fresh: Mapping[str, Any]
         changes.append(f"its sweep changed ({_overrides(committed.get('sweep'))} -> {_overrides(fresh['sweep'])})")
     if committed.get("plot") != fresh["plot"]:
         changes.append(f"its plot changed ({json.dumps(committed.get('plot'), sort_keys=True)} -> {json.dumps(fresh['plot'], sort_keys=True)})")
+    if committed.get("more_sweeps") != fresh.get("more_sweeps"):
+        changes.append("its further sweeps changed")
+    if committed.get("more_runs") != fresh.get("more_runs"):
+        changes.append("its further sweeps' runs changed")
     if committed.get("runs") != fresh["runs"]:
         old = (committed.get("runs") or {}).get("count")
         changes.append(f"its runs changed ({old} -> {fresh['runs']['count']} runs, other configs)" if old != fresh["runs"]["count"] else "its runs' configs changed")

@@ -57,6 +57,7 @@ from vi_sweep.launch.job_dirs import write_job_dir
 from vi_sweep.launch.job_values import ValueRule, assign_values, rule_of, run_summary
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
+from vi_sweep.launch.sweep_checks import is_basic_sweeper
 from vi_sweep.launch.resume import Placement, SweepContents, describe_unreadable, resumed_return, run_key, scan_sweep
 from vi_sweep.launch.sweep_plan import BYTES_PER_FLOAT, SizeError, bytes_per_run, check_fits, compiled_shape, plan_sweep
 from vi_sweep.launch.task import finish_job, job_fields, job_scenario
@@ -130,8 +131,11 @@ def launch(
     returns = {position: job.resumed for position, job in enumerate(jobs) if job.resumed is not None}
     todo = [position for position in range(len(jobs)) if position not in returns]
 
+    # Hydra's basic sweeper runs a grid and never reads a job's value: the exact twins a value
+    # needs are trained for a sweeper that does (a search), or when asked for (exact_baselines).
+    values_read = not is_basic_sweeper(config)
     twins: list[dict[str, Any]] = []
-    if options.exact_baselines or any(job.rule.needs_exact_twin for job in jobs):
+    if options.exact_baselines or (values_read and any(job.rule.needs_exact_twin for job in jobs)):
         from vi_sweep.store.baselines import missing_twins
 
         twins = missing_twins(sweep_dir, [job.fields for job in jobs])
@@ -149,7 +153,13 @@ def launch(
         except OSError as err:  # a full disk, a directory that went read-only: the atomic writers left no partial file
             where = err.filename or sweep_dir
             _stop(1, f"cannot write {where}: {err.strerror or err}; {len(returns)} of {len(jobs)} runs written; rerun the same command to resume")
-    values = assign_values([(job.rule, job.fields) for job in jobs], [returns[p].return_value for p in range(len(jobs))], twin_summaries, sweep_dir)
+    values = assign_values(
+        [(job.rule, job.fields) for job in jobs],
+        [returns[p].return_value for p in range(len(jobs))],
+        twin_summaries,
+        sweep_dir,
+        train_missing=values_read or options.exact_baselines,
+    )
     for position, value in enumerate(values):
         returns[position].return_value = value
     elapsed = time.perf_counter() - started

@@ -100,7 +100,7 @@ def start_batch(spec, traced: Sequence[dict], devices, runs_per_stream: int = 1)
     from vi_sweep.core.trainer import as_hyper, jitted_stream_train
 
     streams = len(traced) // runs_per_stream
-    hyper = jax.tree_util.tree_map(lambda leaf: leaf.reshape(streams, runs_per_stream), as_hyper(list(traced)))
+    hyper = jax.tree_util.tree_map(lambda leaf: leaf.reshape(streams, runs_per_stream, *leaf.shape[1:]), as_hyper(list(traced)))
     if len(devices) > 1:
         sharding = NamedSharding(Mesh(devices, ("streams",)), PartitionSpec("streams"))
         hyper = jax.device_put(hyper, sharding)

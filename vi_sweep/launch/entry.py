@@ -36,9 +36,12 @@ def run_hydra(args: Sequence[str], commands: Mapping[str, str]) -> int:
     # Hydra's completion script completes the program named here: the console script, which
     # needs no `python -m` (a word Hydra's script cannot complete after).
     completing = "-sc" in args or "--shell-completion" in args
+    if "--multirun" in args or "-m" in args:
+        args = keys_of_swept_options(args)
     sys.argv = ["vi-sweep" if completing else sys.argv[0], *args]
     asked_for_traces = os.environ.get(FULL_ERROR) == "1"
     os.environ[FULL_ERROR] = "1"
+    logging_before = _logging_state()
     try:
         if ("--multirun" in args or "-m" in args) and ("--cfg" in args or "-c" in args):
             show_jobs([a for a in args if a not in ("--multirun", "-m")])
@@ -60,7 +63,31 @@ def run_hydra(args: Sequence[str], commands: Mapping[str, str]) -> int:
     finally:
         if not asked_for_traces:
             os.environ.pop(FULL_ERROR, None)
+        _restore_logging(logging_before)
     return 0
+
+
+def _logging_state() -> dict:
+    """The handlers and levels of the root and Hydra's loggers (Hydra's ``configure_log`` replaces them)."""
+    import logging
+
+    return {name: (logger.handlers[:], logger.level, logger.propagate) for name in ("", "hydra") for logger in [logging.getLogger(name)]}
+
+
+def _restore_logging(state: dict) -> None:
+    """Put back what :func:`_logging_state` saw: a caller of :func:`vi_sweep.__main__.main` in its
+    own process (a notebook, a test) keeps its logging, and no handler is left writing to a
+    stream that was the console only while Hydra ran."""
+    import logging
+
+    for name, (handlers, level, propagate) in state.items():
+        logger = logging.getLogger(name)
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _report_as_hydra_does(err: Exception) -> NoReturn:
@@ -81,6 +108,38 @@ def _abandon_rejected_sweeps() -> None:
 
     while STARTED_HERE:
         abandon_if_fresh(STARTED_HERE.pop())
+
+
+CHOOSING_GROUPS = ("objective", "optimizer", "target", "scenario", "search")
+"""Groups whose option a multirun may sweep; a scenario or search chooses the others' options too."""
+
+
+def keys_of_swept_options(args: Sequence[str]) -> list[str]:
+    """A multirun's ``G.key=value`` overrides as ``++G.key=value`` when options are swept.
+
+    Hydra composes a multirun's master config with the primary config's options, not the swept
+    ones (``target=glob(corr*) target.rho=0.5``: the master's target is standard_normal, which
+    has no ``rho``), so a key of a swept option fails there, before any job exists. As a forced
+    add it composes in the master and in every job; each job is then validated on its own
+    composed config, so a key its option does not have is still one line naming the job's
+    option (:func:`vi_sweep.launch.config.validate`). Without a swept option, ``args`` is unchanged.
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vi_sweep.launch.config import GROUPS
+
+    overrides = get_args_parser().parse_known_args(list(args))[0].overrides or []
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # noqa: BLE001 - Hydra reports a bad override itself, in its own words
+        return list(args)
+    if not any(o.is_sweep_override() and o.key_or_group in CHOOSING_GROUPS for o in parsed):
+        return list(args)
+    plain_group_keys = {
+        o.input_line for o in parsed if o.type.name == "CHANGE" and o.package is None and o.key_or_group.split(".", 1)[0] in GROUPS and "." in o.key_or_group
+    }
+    return [f"++{arg}" if arg in plain_group_keys else arg for arg in args]
 
 
 @contextlib.contextmanager

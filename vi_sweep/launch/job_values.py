@@ -11,6 +11,7 @@ report (:func:`exact_twin_summary`).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping, NamedTuple, Optional, Sequence
 
@@ -54,17 +55,23 @@ def value_for(rule: ValueRule, fields: Mapping[str, Any], run: TailSummary, twin
     return job_value(rule.metric, run, twin, lr=float(fields["lr"]), d=int(fields["d"]), nonfinite_value=rule.nonfinite_value)
 
 
+def cached_twin_summary(sweep_dir: Path, fields: Mapping[str, Any]) -> Optional[TailSummary]:
+    """The exact twin of the run with ``fields`` from the sweep's baseline cache, or None."""
+    try:
+        cached = read_run_file(cache_file(sweep_dir, baseline_key(fields)))
+    except UnreadableRun:
+        return None  # not there (or damaged)
+    return file_summary(cached) if cached.fields == baseline_fields(fields) else None
+
+
 def exact_twin_summary(sweep_dir: Path, fields: Mapping[str, Any]) -> TailSummary:
     """The exact twin of the run with ``fields``: read from the sweep's baseline cache, or trained
     now and cached there (a cache that cannot be written is left to the report)."""
+    cached = cached_twin_summary(sweep_dir, fields)
+    if cached is not None:
+        return cached
     path = cache_file(sweep_dir, baseline_key(fields))
     twin = baseline_fields(fields)
-    try:
-        cached = read_run_file(path)
-        if cached.fields == twin:
-            return file_summary(cached)
-    except UnreadableRun:
-        pass  # not there (or damaged): trained below and rewritten
     from vi_sweep.core.trainer import split_fields, train_one
 
     state, rows = train_one(*split_fields(twin))
@@ -81,9 +88,14 @@ def assign_values(
     summaries: Sequence[TailSummary],
     twins: MutableMapping[str, TailSummary],
     sweep_dir: Path,
+    *,
+    train_missing: bool = True,
 ) -> list[float]:
     """Each job's value, from ``(rule, fields)`` per job, its summary, and the exact twins at hand
-    (``twins``: baseline key -> summary, completed here from the launch's exact jobs and the cache)."""
+    (``twins``: baseline key -> summary, completed here from the launch's exact jobs and the cache).
+
+    ``train_missing=False`` (a grid whose values nobody reads, with ``exact_baselines=false``): a
+    twin that is neither at hand nor cached is not trained, and the value that needs it is NaN."""
     for (rule, fields), summary in zip(jobs, summaries):
         if fields["objective"] == "exact":
             twins.setdefault(baseline_key(fields), summary)
@@ -93,7 +105,11 @@ def assign_values(
         if rule.needs_exact_twin:
             key = baseline_key(fields)
             if key not in twins:
-                twins[key] = exact_twin_summary(sweep_dir, fields)
+                found = exact_twin_summary(sweep_dir, fields) if train_missing else cached_twin_summary(sweep_dir, fields)
+                if found is None:
+                    values.append(math.nan)
+                    continue
+                twins[key] = found
             twin = twins[key]
         values.append(value_for(rule, fields, summary, twin))
     return values

@@ -59,9 +59,11 @@ class BatchedLauncherConf:
         Also train, with the jobs, the exact-KL twin of every job that the sweep lacks
         (``vi_sweep.store.baselines``: one per distinct optimizer/lr/init/target config) into
         ``<sweep dir>/baselines/``, where the report looks for them; otherwise the report
-        trains them itself at the end (a compile or a cache load and a JAX start). The twins are
-        trained anyway when the jobs' ``optimized_metric`` compares with the exact run
-        (``excess_over_exact``, the default; ``stability_edge``): each job's value needs its twin.
+        trains them itself at the end (a compile or a cache load and a JAX start). With
+        ``false`` the twins are still trained when a searching sweeper (Optuna ...) reads the
+        jobs' values and ``optimized_metric`` compares with the exact run (``excess_over_exact``,
+        the default; ``stability_edge``); under Hydra's basic sweeper, which reads no value,
+        such a value is NaN unless the twin is cached.
     layout
         ``jobs`` (default): every job gets Hydra's job directory (``.hydra/``, its log,
         ``metrics.parquet``), written as ``run_job`` writes it, with the per-job callbacks.
