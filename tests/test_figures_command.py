@@ -165,7 +165,8 @@ def test_the_committed_figures_are_the_files_of_the_committed_manifest():
 def test_the_committed_manifest_was_made_from_the_declarations_as_they_are():
     manifest = json.loads((PROJECT_IMG / "manifest.json").read_text())
     declared = parse_declarations(yaml.safe_load((REPO / "analysis" / "figures.yaml").read_text()), "analysis/figures.yaml")
-    assert {d.name: d.config() for d in declared} == {name: {k: e[k] for k in ("sweep", "plot")} for name, e in manifest["figures"].items()}
+    recorded = {name: {k: e[k] for k in ("sweep", "plot", "more_sweeps") if k in e} for name, e in manifest["figures"].items()}
+    assert {d.name: d.config() for d in declared} == recorded
 
 
 def test_every_figure_of_the_readme_is_a_file_of_the_manifest():
@@ -173,3 +174,33 @@ def test_every_figure_of_the_readme_is_a_file_of_the_manifest():
     shown = re.findall(r"\]\(analysis/img/([^)]+)\)", (REPO / "README.md").read_text())
     files = {file for entry in manifest["figures"].values() for file in entry["files"]}
     assert shown and set(shown) <= files
+
+
+def test_a_figure_drawn_from_further_sweeps_runs_each_and_records_their_runs(tmp_path):
+    """``more_sweeps``: the stability edge read off further sweeps (searches in the project's
+    declarations; two tiny grids here), each run into its own directory, each one's runs in the manifest."""
+    grid = [o for o in TINY_SWEEP if not o.startswith("objective.estimator")]
+    edge_sweeps = [[*grid, "lr=0.003,0.01,0.03,0.1"], [*grid, "lr=0.3,1.0"]]
+    edge_sweeps = [[o for o in sweep if o != "lr=0.01,0.5"] for sweep in edge_sweeps]
+    declarations = write_declarations(
+        tmp_path / "analysis", {"figures": {"tiny_edge": {"sweep": grid, "more_sweeps": edge_sweeps, "plot": "stability_edge"}}}
+    )
+    img, sweeps = tmp_path / "analysis" / "img", tmp_path / "sweeps"
+    result = figures(declarations, img, sweeps)
+    assert result.returncode == 0, result.stderr
+    assert len([p for p in sweeps.iterdir() if p.is_dir()]) == 3
+    entry = json.loads((img / "manifest.json").read_text())["figures"]["tiny_edge"]
+    assert entry["more_sweeps"] == edge_sweeps and [runs["count"] for runs in entry["more_runs"]] == [8, 4]
+    assert "vi_sweep: drew tiny_edge (4 runs of" in result.stdout and "and 12 of 2 further sweeps" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"sweep": [], "plot": "phase_map", "more_sweeps": [["num_mc=1"]]}, "plot phase_map draws one sweep; more_sweeps is for stability_edge"),
+        ({"sweep": [], "plot": "stability_edge", "more_sweeps": ["num_mc=1"]}, "more_sweeps must be a list of override lists"),
+    ],
+)
+def test_more_sweeps_is_checked_with_the_declaration(entry, message):
+    with pytest.raises(DeclarationError, match=re.escape(message)):
+        parse_declarations({"figures": {"f": entry}}, "figures.yaml")
