@@ -30,11 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_grid import measure  # noqa: E402  (one child-process timer for every benchmark)
 
 REPO = Path(__file__).resolve().parent.parent
 LRS = (1e-3, 1e-2, 5e-2, 2e-1)
@@ -80,23 +82,6 @@ def part_compute(case: str, steps: int, runs: int) -> dict:
         "us_per_step_per_run": 1e6 * run_s / steps / len(traced),
         "final_kl_excess_median": float(sorted(columns["kl_excess"][:, -1])[len(fields) // 2]),
     }
-
-
-def measure(argv: list[str], *, cwd: Path = REPO) -> dict:
-    """Run a child process; return its wall time, its own peak RSS (MiB, ``wait4``) and its output."""
-    env = dict(os.environ)
-    env.pop("HYDRA_FULL_ERROR", None)
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, text=True, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        code = os.waitstatus_to_exitcode(status)
-        out.seek(0), err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    if code != 0:
-        raise SystemExit(f"bench_glm: {' '.join(argv[:6])} ... failed ({code}):\n{stderr[-2000:]}")
-    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": stdout, "stderr": stderr}
 
 
 def main(argv: list[str] | None = None) -> int:
