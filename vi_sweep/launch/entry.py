@@ -41,7 +41,6 @@ def run_hydra(args: Sequence[str], commands: Mapping[str, str]) -> int:
     sys.argv = ["vi-sweep" if completing else sys.argv[0], *args]
     asked_for_traces = os.environ.get(FULL_ERROR) == "1"
     os.environ[FULL_ERROR] = "1"
-    logging_before = _logging_state()
     try:
         if ("--multirun" in args or "-m" in args) and ("--cfg" in args or "-c" in args):
             show_jobs([a for a in args if a not in ("--multirun", "-m")])
@@ -63,31 +62,7 @@ def run_hydra(args: Sequence[str], commands: Mapping[str, str]) -> int:
     finally:
         if not asked_for_traces:
             os.environ.pop(FULL_ERROR, None)
-        _restore_logging(logging_before)
     return 0
-
-
-def _logging_state() -> dict:
-    """The handlers and levels of the root and Hydra's loggers (Hydra's ``configure_log`` replaces them)."""
-    import logging
-
-    return {name: (logger.handlers[:], logger.level, logger.propagate) for name in ("", "hydra") for logger in [logging.getLogger(name)]}
-
-
-def _restore_logging(state: dict) -> None:
-    """Put back what :func:`_logging_state` saw: a caller of :func:`vi_sweep.__main__.main` in its
-    own process (a notebook, a test) keeps its logging, and no handler is left writing to a
-    stream that was the console only while Hydra ran."""
-    import logging
-
-    for name, (handlers, level, propagate) in state.items():
-        logger = logging.getLogger(name)
-        for handler in logger.handlers:
-            if handler not in handlers:
-                handler.close()
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate = propagate
 
 
 def _report_as_hydra_does(err: Exception) -> NoReturn:
