@@ -485,8 +485,8 @@ def write_compact_jobs(sweep_dir: Path, jobs: list[SweepJob], entries: list[tupl
     :class:`JobReturn` per job (its overrides and summary) for the sweeper."""
     table = compact_table([(jobs[p].num, rows, jobs[p].fields, diverged_at, jobs[p].scenario) for p, rows, diverged_at in entries])
     listed = [{"job": jobs[p].num, "fields": jobs[p].fields, "scenario": jobs[p].scenario, "overrides": list(jobs[p].overrides)} for p, _, _ in entries]
-    if entries and "final_mu" in entries[0][1]:  # first: a complete jobs file always has its runs' parameters
-        write_compact_params(sweep_dir, [(jobs[p].num, rows["final_mu"], rows["final_log_sigma"]) for p, rows, _ in entries])
+    # First: a complete jobs file always has its runs' parameters (to_numpy returns them with every chunk's rows).
+    write_compact_params(sweep_dir, [(jobs[p].num, rows["final_mu"], rows["final_log_sigma"]) for p, rows, _ in entries])
     write_compact(sweep_dir, table, listed)
     returns = {}
     for position, rows, diverged_at in entries:

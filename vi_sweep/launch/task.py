@@ -73,11 +73,11 @@ def finish_job(
     ``task_values``: the job's task config, resolved, if the caller has it already (the batched
     launcher resolved it when it composed the job); else it is resolved from ``cfg`` here.
 
-    ``rows`` may also hold the run's final parameters (``final_mu``, ``final_log_sigma``:
-    :data:`vi_sweep.core.trainer.FINAL_PARAMS`); they are written first, to ``params.parquet``.
+    ``rows`` holds the run's final parameters too (``final_mu``, ``final_log_sigma``:
+    :data:`vi_sweep.core.trainer.FINAL_PARAMS`, from ``train_one`` or the launcher's ``to_numpy``);
+    they are written first, to ``params.parquet``.
     """
-    if "final_mu" in rows:
-        write_params(out_dir, rows["final_mu"], rows["final_log_sigma"], fields)
+    write_params(out_dir, rows["final_mu"], rows["final_log_sigma"], fields)
     table = metrics_table(rows, fields, diverged_at, scenario)
     if task_values is None:
         task_values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}  # type: ignore[union-attr]
