@@ -217,12 +217,26 @@ def format_commands(commands: Mapping[str, str]) -> str:
     return "\n".join(f"  {name.ljust(width)}  {line}" for name, line in commands.items())
 
 
+# search path -> its groups text. OmegaConf resolves ``hydra.help.template`` whenever a config is
+# merged into it, which Hydra does in every composition (the master config, each job's template):
+# listing the groups takes ~0.5 s of config-repository copies, and the answer depends on the
+# search path alone.
+_GROUPS_TEXT: dict[tuple, str] = {}
+
+
 def config_groups_text() -> str:
     """``group: option, option`` per line, as Hydra lists groups, for the groups users choose from."""
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.object_type import ObjectType
 
     loader = GlobalHydra.instance().config_loader()
+    search_path = tuple((element.provider, element.path) for element in loader.get_search_path().get_path())
+    if search_path not in _GROUPS_TEXT:
+        _GROUPS_TEXT[search_path] = _list_groups(loader)
+    return _GROUPS_TEXT[search_path]
+
+
+def _list_groups(loader) -> str:
+    from hydra.core.object_type import ObjectType
 
     def groups(parent: str) -> list[str]:
         found = []
