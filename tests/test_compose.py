@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from vi_sweep.launch.compose import TemplateComposer
 from vi_sweep.launch.config import CONF_DIR
+from vi_sweep.launch.plain import to_plain
 
 # Pairs with the same shape (reuse a template) and every kind of override that must not.
 JOBS = [
@@ -110,12 +111,66 @@ def test_a_failed_scratch_composition_does_not_leak_into_the_next_job(loader_and
     assert_same_config(composer.scratch_sweep_config(master, ["num_mc=5", "lr=0.3"]), loader.load_sweep_config(master, ["num_mc=5", "lr=0.3"]))
 
 
-def test_scratch_mode_is_only_for_load_sweep_config_callers_that_drop_the_config(loader_and_master):
+def test_while_only_checking_a_job_is_checked_not_composed(loader_and_master):
     loader, master = loader_and_master
     composer = TemplateComposer(loader)
-    composer.load_sweep_config(master, ["lr=0.1"])
-    composer.scratch = True  # as the batched launcher sets it while Hydra's basic sweeper validates
-    assert composer.load_sweep_config(master, ["lr=0.2"]) is composer.load_sweep_config(master, ["lr=0.3"])
-    composer.scratch = False
+    composer.load_sweep_config(master, ["lr=0.1", "num_mc=2"])  # the template
+    composer.only_checking = True  # as the batched launcher sets it while Hydra's basic sweeper validates
+    first = composer.load_sweep_config(master, ["lr=0.2", "num_mc=3"])
+    assert composer.load_sweep_config(master, ["lr=0.3", "num_mc=4"]) is first  # one scratch config, handed out again
+    for bad in (["lr=abc", "num_mc=2"], ["lr=0.1", "num_mc=1.5"]):  # a bad value still fails as in Hydra
+        with pytest.raises(ConfigCompositionException):
+            composer.load_sweep_config(master, bad)
+    assert composer.load_sweep_config(master, ["optimizer=sgd", "lr=0.2"]).lr == 0.2  # a new shape is composed in full
+    assert composer.full_compositions == 2
+    composer.only_checking = False
     first, second = composer.load_sweep_config(master, ["lr=0.2"]), composer.load_sweep_config(master, ["lr=0.3"])
     assert first is not second and (first.lr, second.lr) == (0.2, 0.3)
+
+
+def task_part(cfg):
+    return {key: to_plain(cfg[key]) for key in cfg if key != "hydra"}
+
+
+def test_plain_task_values_equal_those_of_hydras_own_composition(loader_and_master):
+    loader, master = loader_and_master
+    composer = TemplateComposer(loader)
+    for overrides in JOBS:
+        expected = task_part(loader.load_sweep_config(master, overrides))
+        plain = composer.plain_task(master, overrides)
+        if plain is None:  # the first job of its shape (or one that is never templated): composed
+            composer.load_sweep_config(master, overrides)
+            plain = composer.plain_task(master, overrides)
+        if plain is not None:
+            assert plain.values == expected
+            assert {key: type(value) for key, value in plain.values.items()} == {key: type(value) for key, value in expected.items()}
+            assert plain.hydra["runtime"]["choices"] == OmegaConf.to_container(loader.load_sweep_config(master, overrides).hydra.runtime.choices)
+    assert type(composer.plain_task(master, ["lr=1", "num_mc=5", "seed=4"]).values["lr"]) is float  # converted as Hydra converts it
+    assert composer.plain_task(master, ["objective=exact", "d=3"]) is None  # a shape not composed yet
+
+
+def test_plain_tasks_share_only_what_no_job_overrides(loader_and_master):
+    loader, master = loader_and_master
+    composer = TemplateComposer(loader)
+    composer.load_sweep_config(master, ["optimizer=momentum", "optimizer.momentum=0.5"])
+    first = composer.plain_task(master, ["optimizer=momentum", "optimizer.momentum=0.6"]).values
+    second = composer.plain_task(master, ["optimizer=momentum", "optimizer.momentum=0.7"]).values
+    assert (first["optimizer"]["momentum"], second["optimizer"]["momentum"]) == (0.6, 0.7)
+    assert first["target"] is second["target"]  # not overridden: one dict for both
+
+
+def test_plain_task_fails_as_hydra_does_for_a_value_it_cannot_set(loader_and_master):
+    loader, master = loader_and_master
+    composer = TemplateComposer(loader)
+    composer.load_sweep_config(master, ["num_mc=2"])
+    with pytest.raises(ConfigCompositionException):
+        composer.plain_task(master, ["num_mc=abc"])
+    assert composer.plain_task(master, ["num_mc=3"]).values["num_mc"] == 3
+
+
+def test_a_task_part_with_interpolations_is_always_composed(loader_and_master):
+    loader, master = loader_and_master
+    composer = TemplateComposer(loader)
+    composer.load_sweep_config(master, ["+label=lr_${lr}", "lr=0.1"])
+    assert composer.plain_task(master, ["+label=lr_${lr}", "lr=0.2"]) is None  # label reads the job's lr
+    assert composer.load_sweep_config(master, ["+label=lr_${lr}", "lr=0.2"]).label == "lr_0.2"

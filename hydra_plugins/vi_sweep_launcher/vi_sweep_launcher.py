@@ -56,10 +56,10 @@ class BatchedLauncher(Launcher):
         if not isinstance(hydra_context.config_loader, TemplateComposer):
             hydra_context.config_loader = TemplateComposer(hydra_context.config_loader)
         # Hydra's basic sweeper composes every job of the first batch only to see that it
-        # composes, and drops it: it may have scratch configs until launch()
-        # (vi_sweep.launch.compose.TemplateComposer.scratch).
+        # composes, and drops it: until launch() a job is only checked
+        # (vi_sweep.launch.compose.TemplateComposer.only_checking).
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default=None)
-        hydra_context.config_loader.scratch = sweeper == BASIC_SWEEPER
+        hydra_context.config_loader.only_checking = sweeper == BASIC_SWEEPER
         self.hydra_context = hydra_context
         self.config = config
 
@@ -69,10 +69,10 @@ class BatchedLauncher(Launcher):
         from vi_sweep.launch.batched import launch
 
         assert self.hydra_context is not None and self.config is not None
-        # From here on every composition is a job's own config: scratch configs were for the
-        # validation of the first batch only (later batches of a max_batch_size sweep are
+        # From here on every composition is a job's own config: checking only was for the
+        # validation of the first batch (later batches of a max_batch_size sweep are
         # validated at the normal cost; nothing after the sweep can get a shared config).
-        self.hydra_context.config_loader.scratch = False
+        self.hydra_context.config_loader.only_checking = False
         return launch(
             hydra_context=self.hydra_context,
             config=self.config,

@@ -44,7 +44,7 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vi_sweep.analysis.optimized_metric import TailSummary
 from vi_sweep.launch.cluster import devices_per_task
@@ -213,21 +213,31 @@ def compose_jobs(
     """
     numbers = range(initial_job_idx, initial_job_idx + len(job_overrides))
     placement = Placement(contents)
+    loader = hydra_context.config_loader
+    composer = loader if isinstance(loader, TemplateComposer) else None
+    master_sweep = _unresolved(config.hydra.sweep)
+    sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
     jobs = []
     for num, overrides in zip(numbers, job_overrides):
         try:
-            cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
-            task_values, out_dir = _task_values_and_dir(cfg, compact)
+            # Most jobs of a grid: their values without a config (TemplateComposer.plain_task).
+            plain = composer.plain_task(config, list(overrides)) if composer is not None else None
+            if plain is not None and _numbered_under(plain.hydra["sweep"], master_sweep, compact):
+                cfg, task_values, out_dir = None, plain.values, sweep_dir / str(num)
+                scenario = str(plain.hydra["runtime"]["choices"].get("scenario") or "none")
+            else:
+                cfg = compose_job(hydra_context, config, overrides, num, scratch=True)  # read here, then dropped
+                task_values, out_dir = _task_values_and_dir(cfg, compact)
+                scenario = job_scenario(cfg)
             fields = job_fields(task_values)
         except CONFIG_ERRORS as err:
             raise ConfigError(f"{describe(err)} (job {num}: {' '.join(filter_overrides(overrides))})") from None
-        scenario = job_scenario(cfg)
         job = SweepJob(num, list(overrides), fields, task_values, scenario, out_dir, rule=rule_of(task_values))
         key = run_key(fields, scenario)
         found = contents.finished.get(key) if resume else None
         if found is not None:
             job.out_dir = found.out_dir
-            job.resumed = resumed_return(cfg, found.summary)
+            job.resumed = resumed_return(cfg if cfg is not None else compose_job(hydra_context, config, overrides, num, scratch=True), found.summary)
         elif not placement.is_free(out_dir, key):
             job.num = placement.next_number()
             job.task_values, job.out_dir = _task_values_and_dir(compose_job(hydra_context, config, overrides, job.num, scratch=True), compact)
@@ -240,6 +250,23 @@ def compose_jobs(
         placement.claim(job.out_dir)
         jobs.append(job)
     return jobs
+
+
+def _unresolved(node: DictConfig) -> dict:
+    return OmegaConf.to_container(node, resolve=False)  # type: ignore[return-value]
+
+
+# What a job's directory depends on beyond its number: a sweep dir or subdir that reads them is
+# resolved per job, from its composed config.
+_PER_JOB = ("hydra.job", "hydra:job", "hydra.overrides", "hydra:overrides", "hydra.runtime", "hydra:runtime")
+
+
+def _numbered_under(job_sweep: dict, master_sweep: dict, compact: bool) -> bool:
+    """Whether a job with this (unresolved) ``hydra.sweep`` has its directory at ``<the master's sweep
+    dir>/<job number>``: the same sweep dir as the master, resolving to the same path (it reads
+    nothing of the job), and the compact layout or Hydra's default subdir ``${hydra.job.num}``."""
+    same_dir = job_sweep["dir"] == master_sweep["dir"] and not any(name in str(job_sweep["dir"]) for name in _PER_JOB)
+    return same_dir and (compact or job_sweep["subdir"] == "${hydra.job.num}")
 
 
 def _task_values_and_dir(cfg: DictConfig, compact: bool = False) -> tuple[dict[str, Any], Path]:
