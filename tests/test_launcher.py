@@ -248,7 +248,7 @@ def test_an_invalid_value_from_a_composed_config_is_one_line_and_leaves_nothing(
 @pytest.mark.parametrize(
     "option, message",
     [
-        ("max_batch_floats=0", "hydra.launcher.max_batch_floats=0 is invalid: must be an integer >= 1"),
+        ("max_batch_floats=0", "hydra.launcher.max_batch_floats=0 is invalid: must be null or an integer >= 1"),
         ("cpu_vector_width=300", "hydra.launcher.cpu_vector_width=300 is invalid: must be null or one of 128, 256, 512"),
     ],
 )

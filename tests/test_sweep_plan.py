@@ -120,3 +120,11 @@ def test_a_later_batch_that_fits_a_compiled_shape_is_padded_to_it():
     # A batch that does not fit (more streams than compiled) is planned on its own.
     wider = plan_sweep(jobs(*[fields(seed=s, lr=0.5) for s in range(5)]), max_batch_floats=10**9, multiple_of=2, compiled_shapes=shapes)
     assert [compiled_shape(c) for c in wider.chunks] != [shapes[compiled.spec]] and sum(c.real for c in wider.chunks) == 5
+
+
+def test_the_memory_budget_defaults_to_small_calls_on_cpu_and_large_ones_on_accelerators():
+    from vi_sweep.launch.options import BatchedLauncherConf
+
+    assert BatchedLauncherConf().batch_floats("cpu") == 2**23  # enough runs to keep every core busy, little memory
+    assert BatchedLauncherConf().batch_floats("gpu") == BatchedLauncherConf().batch_floats("tpu") == 2**27
+    assert BatchedLauncherConf(max_batch_floats=1000).batch_floats("gpu") == 1000  # a value given wins

@@ -355,7 +355,9 @@ def _compute_and_write(
     # so they never delay the first call (their program is traced while the jobs train).
     split = [split_fields(jobs[position].fields) for position in todo] + [split_fields(twin) for twin in twins]
     available = _memory_for_a_batch(options, devices)
-    budget = options.max_batch_floats
+    # A submitit task's devices are not known here: the CPU default unless it asks for GPUs.
+    platform = devices[0].platform if devices else ("gpu" if options.gpus_per_node else "cpu")
+    budget = options.batch_floats(platform)
     if available is not None:
         _check_one_run_fits(jobs, todo, split, available)
         # Every chunk in flight holds its working set at once: together they must fit too.
