@@ -180,7 +180,7 @@ def _time_launcher_calls(fields: list[dict], devices, timed) -> dict:
     from vi_sweep.launch.options import BatchedLauncherConf
     from vi_sweep.launch.sweep_plan import plan_sweep
 
-    plan = plan_sweep([split_fields(f) for f in fields], max_batch_floats=BatchedLauncherConf.max_batch_floats, multiple_of=len(devices))
+    plan = plan_sweep([split_fields(f) for f in fields], max_batch_floats=BatchedLauncherConf().batch_floats(devices[0].platform), multiple_of=len(devices))
 
     def all_chunks():
         return [start_batch(c.spec, [plan.computations[i].traced for i in c.computations], devices, c.runs_per_stream) for c in plan.chunks]
