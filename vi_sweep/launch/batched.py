@@ -3,8 +3,9 @@
 The plugin (``hydra_plugins/vi_sweep_launcher``) imports this module
 inside ``launch()``, so JAX loads here and never at Hydra start-up. One ``launch`` call:
 
-1. **Compose and validate** every job (``load_sweep_config``; fast through
-   :class:`vi_sweep.launch.compose.TemplateComposer`). Any :class:`~vi_sweep.launch.config.ConfigError` is one
+1. **Compose and validate** every job: a grid job's values without composing it
+   (:meth:`vi_sweep.launch.compose.TemplateComposer.plain_task`), any other job through
+   ``load_sweep_config`` (from its shape's template where it can). Any :class:`~vi_sweep.launch.config.ConfigError` is one
    line ``vi_sweep: error: ...`` on stderr and exit code 2; a sweep directory that held nothing
    but Hydra's ``multirun.yaml`` is removed again, so a rejected sweep leaves nothing behind.
 2. **Resume**: a job whose ``<job dir>/metrics.parquet`` is complete
