@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -142,18 +143,21 @@ def launch(
         twins = missing_twins(sweep_dir, [job.fields for job in jobs])
     counters, groups = CompileCounts(), 0
     twin_summaries: dict[str, TailSummary] = {}
+    # Positions whose run file is complete on disk: a Ctrl-C can land after a job's parquet is
+    # written and before the rest of its directory (log, callbacks) is, and that run is there to resume.
+    landed: set[int] = set(returns)
     if todo or twins:
         try:
             counters, groups = _compute_and_write(
-                hydra_context, config, jobs, todo, twins, returns, options, twin_summaries=twin_summaries, compiled_shapes=compiled_shapes
+                hydra_context, config, jobs, todo, twins, returns, options, twin_summaries=twin_summaries, compiled_shapes=compiled_shapes, landed=landed
             )
         except (LauncherOptionError, SizeError) as err:  # raised before any job is written
             _fail_before_writing(sweep_dir, err)
         except KeyboardInterrupt:
-            _stop(130, f"interrupted: {len(returns)} of {len(jobs)} runs written; rerun the same command to resume")
+            _stop(130, f"interrupted: {len(landed | set(returns))} of {len(jobs)} runs written; rerun the same command to resume")
         except OSError as err:  # a full disk, a directory that went read-only: the atomic writers left no partial file
             where = err.filename or sweep_dir
-            _stop(1, f"cannot write {where}: {err.strerror or err}; {len(returns)} of {len(jobs)} runs written; rerun the same command to resume")
+            _stop(1, f"cannot write {where}: {err.strerror or err}; {len(landed | set(returns))} of {len(jobs)} runs written; rerun the same command to resume")
     values = assign_values(
         [(job.rule, job.fields) for job in jobs],
         [returns[p].return_value for p in range(len(jobs))],
@@ -329,10 +333,12 @@ def _compute_and_write(
     *,
     twin_summaries: dict[str, TailSummary],
     compiled_shapes: dict,
+    landed: set[int],
 ) -> tuple[CompileCounts, int]:
     """Plan the jobs in ``todo`` and the exact baselines ``twins``, run every chunk, write every
-    job (filling ``returns``) and every baseline (``vi_sweep.store.baselines``; their summaries
-    into ``twin_summaries``, by baseline key)."""
+    job (filling ``returns``, and ``landed`` with each position as soon as its run file is
+    complete) and every baseline (``vi_sweep.store.baselines``; their summaries into
+    ``twin_summaries``, by baseline key)."""
     quiet_jax_logs()
     cwd = Path(str(config.hydra.runtime.cwd))
     on_submitit = options.engine == "submitit"
@@ -405,10 +411,10 @@ def _compute_and_write(
                 if compact:
                     in_one_file.append((position, rows, diverged_at))
                     continue
-                returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at)
+                returns[position] = write_job(hydra_context, config, jobs[position], rows, diverged_at, on_landed=functools.partial(landed.add, position))
                 bar.update(1)
         if in_one_file:
-            returns.update(write_compact_jobs(sweep_dir, jobs, in_one_file))
+            returns.update(write_compact_jobs(sweep_dir, jobs, in_one_file, on_landed=landed.update))
             bar.update(len(in_one_file))
         # Each job configures its own logging (as run_job does) and leaves it in place; give the
         # launcher its own back (as the basic launcher does), so its lines do not land in that job's log.
@@ -509,7 +515,9 @@ def _chunk_rows(chunk, diverged_at, columns):
             yield slot, {name: values[slot] for name, values in columns.items()}, int(diverged_at[slot])
 
 
-def write_compact_jobs(sweep_dir: Path, jobs: list[SweepJob], entries: list[tuple[int, dict, int]]) -> dict[int, JobReturn]:
+def write_compact_jobs(
+    sweep_dir: Path, jobs: list[SweepJob], entries: list[tuple[int, dict, int]], on_landed: Callable[[list[int]], Any] = lambda positions: None
+) -> dict[int, JobReturn]:
     """``hydra.launcher.layout=compact``: the runs of one chunk in one file (``<sweep dir>/runs/``),
     with no job directories, no per-job logs and no per-job callbacks; a COMPLETED
     :class:`JobReturn` per job (its overrides and summary) for the sweeper."""
@@ -518,6 +526,7 @@ def write_compact_jobs(sweep_dir: Path, jobs: list[SweepJob], entries: list[tupl
     # First: a complete jobs file always has its runs' parameters (to_numpy returns them with every chunk's rows).
     write_compact_params(sweep_dir, [(jobs[p].num, rows["final_mu"], rows["final_log_sigma"]) for p, rows, _ in entries])
     write_compact(sweep_dir, table, listed)
+    on_landed([p for p, _, _ in entries])
     returns = {}
     for position, rows, diverged_at in entries:
         ret = JobReturn(overrides=list(jobs[position].overrides), working_dir=os.getcwd(), task_name="vi_sweep", status=JobStatus.COMPLETED)
@@ -526,7 +535,9 @@ def write_compact_jobs(sweep_dir: Path, jobs: list[SweepJob], entries: list[tupl
     return returns
 
 
-def write_job(hydra_context: HydraContext, config: DictConfig, job: SweepJob, rows: dict, diverged_at: int) -> JobReturn:
+def write_job(
+    hydra_context: HydraContext, config: DictConfig, job: SweepJob, rows: dict, diverged_at: int, on_landed: Callable[[], Any] = lambda: None
+) -> JobReturn:
     """Write one job's directory as Hydra's ``run_job`` would (:func:`vi_sweep.launch.job_dirs.write_job_dir`,
     its config composed again), with a task that writes its precomputed rows.
 
@@ -538,10 +549,12 @@ def write_job(hydra_context: HydraContext, config: DictConfig, job: SweepJob, ro
     def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
         _quiet_console()
         try:
-            return finish_job(job.out_dir, task_cfg, job.fields, job.scenario, rows, diverged_at, echo=False, task_values=job.task_values)
+            summary = finish_job(job.out_dir, task_cfg, job.fields, job.scenario, rows, diverged_at, echo=False, task_values=job.task_values)
         except OSError as err:
             failed_write.append(err)
             raise
+        on_landed()  # its run file is complete: a rerun resumes it, whatever happens next
+        return summary
 
     ret = write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows)
     if failed_write:
