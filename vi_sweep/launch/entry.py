@@ -219,7 +219,7 @@ def format_commands(commands: Mapping[str, str]) -> str:
 
 # search path -> its groups text. OmegaConf resolves ``hydra.help.template`` whenever a config is
 # merged into it, which Hydra does in every composition (the master config, each job's template):
-# listing the groups takes ~0.5 s of config-repository copies, and the answer depends on the
+# listing the groups takes ~0.35 s of config-repository copies, and the answer depends on the
 # search path alone.
 _GROUPS_TEXT: dict[tuple, str] = {}
 
