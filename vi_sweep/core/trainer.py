@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vi_sweep.core import noise
 from vi_sweep.core.objectives import Params, make_objective
 from vi_sweep.core.schedule import logged_steps, row_steps, tail_start  # noqa: F401 - re-exported: the rows a run has
 from vi_sweep.core.optimizers import OPTIMIZERS, make_optimizer
@@ -159,7 +160,7 @@ def _parts(spec: TrainSpec) -> _Parts:
         return optimizer, target
 
     def draw_next(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-        key, subkey = jax.random.split(key)
+        key, subkey = noise.split(key)  # jax.random.split, written out (see vi_sweep.core.noise)
         return key, objective.draw(subkey, spec.d)
 
     def init_run(hyper: Hyper) -> TrainState:
