@@ -117,6 +117,36 @@ def test_vmapped_grid_equals_a_loop_of_single_runs():
             np.testing.assert_allclose(np.asarray(getattr(rows, name))[i], single[name], rtol=1e-5, atol=1e-6)
 
 
+def test_the_trainers_reductions_are_fused_loops_not_library_calls():
+    """On CPU, XLA would hand each of a step's small reductions (over num_mc, over d) to YNNPACK:
+    a library call per reduction, its (num_mc, d) input written to memory first. The trainer's
+    programs keep them in XLA's fused loops (trainer.LIBRARY_REDUCTIONS_OFF)."""
+    from vi_sweep.core.trainer import jitted_stream_train, trainer_compiler_options
+
+    if jax.default_backend() != "cpu" or trainer_compiler_options() is None:
+        pytest.skip("the option is XLA:CPU's, and this jaxlib does not take it")
+    spec, traced = split_fields(fields(num_mc=16, d=100))
+    hyper = as_hyper([traced, traced])
+    assert "__ynn_fusion" not in jitted_train(spec).lower(as_hyper(traced)).compile().as_text()
+    assert "__ynn_fusion" not in jitted_batch_train(spec).lower(hyper).compile().as_text()
+    streams = jax.tree_util.tree_map(lambda x: x.reshape(1, 2), hyper)
+    assert "__ynn_fusion" not in jitted_stream_train(spec).lower(streams).compile().as_text()
+
+
+def test_a_jaxlib_without_the_compiler_option_compiles_with_its_defaults(monkeypatch):
+    from vi_sweep.core import trainer
+
+    monkeypatch.setattr(trainer, "LIBRARY_REDUCTIONS_OFF", {"xla_cpu_no_such_option_anywhere": "1"})
+    trainer.trainer_compiler_options.cache_clear()
+    try:
+        assert trainer.trainer_compiler_options() is None
+        spec, traced = split_fields(fields(steps=20, log_every=10))
+        _, rows = jax.jit(make_train(spec), compiler_options=trainer.trainer_compiler_options())(as_hyper(traced))
+        assert np.isfinite(np.asarray(rows.kl)).all()
+    finally:
+        trainer.trainer_compiler_options.cache_clear()  # the next caller probes the real option again
+
+
 def test_exact_jobs_share_one_program_whatever_num_mc_and_estimator():
     a, _ = split_fields(fields(objective="exact", num_mc=1, estimator="reparam"))
     b, _ = split_fields(fields(objective="exact", num_mc=32, estimator="stl"))

@@ -291,23 +291,56 @@ def make_stream_train(spec: TrainSpec):
     return train
 
 
+LIBRARY_REDUCTIONS_OFF = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+"""XLA options for the trainer's programs: on CPU, reductions stay in XLA's own fused loops
+instead of YNNPACK library calls (dots still go to YNNPACK, XLA's default).
+
+Why: XLA's CPU backend hands each reduction (the sums over ``num_mc`` and over ``d`` in every
+step) to YNNPACK as a separate call, and the elementwise work feeding it -- the samples ``z``, the
+gradient through them, shape ``(runs, num_mc, d)`` -- is then written to memory first. A step is
+dozens of such small reductions; kept in XLA, each is fused with its producer into one loop. The
+reference grid's training calls: 4.8 s -> 2.5 s on 2 cores (``benchmarks/bench_grid.py``), in
+line with jax-ml/jax#37465 (the same option as that issue's workaround, ``-reduce``). Sums are
+then added in XLA's order, not YNNPACK's: the same numbers up to float32 round-off (the
+notebook's printed tables hold to their last printed digit, ``tests/test_notebook_tables.py``).
+The option is per program, not process-wide (``jax.jit(compiler_options=...)``), so a user's
+own JAX code is untouched; on GPU it is ignored; a jaxlib that does not know it (an older or a
+newer one) compiles with its defaults (:func:`trainer_compiler_options`).
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def trainer_compiler_options() -> dict[str, str] | None:
+    """:data:`LIBRARY_REDUCTIONS_OFF` if this jaxlib's XLA accepts it (tried once on a tiny
+    program, on the default backend), else ``None``: XLA's defaults."""
+    try:
+        jax.jit(jnp.sum, compiler_options=LIBRARY_REDUCTIONS_OFF).lower(np.zeros(2, np.float32)).compile()
+    except Exception:  # noqa: BLE001 - "No such compile option" or a value this XLA cannot parse: its defaults
+        return None
+    return dict(LIBRARY_REDUCTIONS_OFF)
+
+
+def _jit(fn):
+    return jax.jit(fn, compiler_options=trainer_compiler_options())
+
+
 @functools.lru_cache(maxsize=None)
 def jitted_train(spec: TrainSpec):
     """``jit(make_train(spec))``: compiled once per spec, reused for every lr/seed/init."""
-    return jax.jit(make_train(spec))
+    return _jit(make_train(spec))
 
 
 @functools.lru_cache(maxsize=None)
 def jitted_batch_train(spec: TrainSpec):
     """``jit(vmap(make_train(spec)))``: a batch of runs with one spec as one program, each drawing its own noise."""
-    return jax.jit(jax.vmap(make_train(spec)))
+    return _jit(jax.vmap(make_train(spec)))
 
 
 @functools.lru_cache(maxsize=None)
 def jitted_stream_train(spec: TrainSpec):
     """``jit(vmap(make_stream_train(spec)))``: streams x runs-per-stream as one program; each
     stream's noise drawn once for its runs. ``hypers`` leaves have the shape ``(streams, runs)``."""
-    return jax.jit(jax.vmap(make_stream_train(spec)))
+    return _jit(jax.vmap(make_stream_train(spec)))
 
 
 # ---------------------------------------------------------------------------------------------
