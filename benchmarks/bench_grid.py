@@ -114,7 +114,10 @@ def part_compute(steps: int, seeds: int, devices: int, *, lrs=LRS, num_mcs=NUM_M
     import numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+    from vi_sweep.core import trainer
     from vi_sweep.core.trainer import as_hyper, make_train, split_fields
+
+    jitted_batch_train = getattr(trainer, "jitted_batch_train", None)  # with the trainer's compiler options, where it has them
 
     mesh_devices = jax.local_devices()
     sharding = NamedSharding(Mesh(mesh_devices, ("runs",)), PartitionSpec("runs"))
@@ -123,12 +126,17 @@ def part_compute(steps: int, seeds: int, devices: int, *, lrs=LRS, num_mcs=NUM_M
     def padded_to_devices(n: int) -> int:
         return n + (-n % len(mesh_devices))
 
-    def floor_program(num_mc: int):
+    try:  # the written-out stream (bit for bit jax.random's), where this checkout has it
+        from vi_sweep.core import noise as written_out
+    except ImportError:
+        written_out = None
+
+    def floor_program(num_mc: int, split=jax.random.split, normal=lambda key, n: jax.random.normal(key, (n,))):
         def one_stream(seed):
             def step(carry, _):
                 key, total = carry
-                key, subkey = jax.random.split(key)
-                eps = jax.random.normal(subkey, (num_mc * d,)).reshape(num_mc, d)  # = normal(subkey, (num_mc, d))
+                key, subkey = split(key)
+                eps = normal(subkey, num_mc * d).reshape(num_mc, d)  # = jax.random.normal(subkey, (num_mc, d))
                 return (key, total + jnp.sum(eps)), None  # consume the draw so XLA cannot drop it
 
             (_, total), _ = jax.lax.scan(step, (jax.random.key(seed), jnp.zeros(())), None, length=steps)
@@ -145,11 +153,14 @@ def part_compute(steps: int, seeds: int, devices: int, *, lrs=LRS, num_mcs=NUM_M
             times.append(time.perf_counter() - started)
         return times[0], min(times[1:])
 
-    out = {"devices": len(mesh_devices), "floor": {}, "floor_shared": {}, "compute": {}, "compute_per_run": {}}
+    out = {"devices": len(mesh_devices), "floor": {}, "floor_shared": {}, "floor_written_out": {}, "compute": {}, "compute_per_run": {}}
     for num_mc in num_mcs:
-        for name, streams in (("floor", runs), ("floor_shared", seeds)):  # a draw per run; a draw per seed
+        floors = [("floor", runs, {}), ("floor_shared", seeds, {})]  # jax.random's draw: per run; per seed
+        if written_out is not None:  # the same draws per run, written out as the trainer draws them
+            floors.append(("floor_written_out", runs, dict(split=written_out.split, normal=written_out.normal)))
+        for name, streams, draw in floors:
             seeds_arg = jax.device_put(np.arange(padded_to_devices(streams), dtype=np.int32), sharding)
-            first, again = timed(floor_program(num_mc), seeds_arg)
+            first, again = timed(floor_program(num_mc, **draw), seeds_arg)
             out[name][num_mc] = {"compile_s": first - again, "run_s": again}
 
         fields = [
@@ -164,7 +175,7 @@ def part_compute(steps: int, seeds: int, devices: int, *, lrs=LRS, num_mcs=NUM_M
         spec = split_fields(fields[0])[0]
         per_run = fields + fields[-1:] * (padded_to_devices(runs) - runs)
         hyper = jax.device_put(as_hyper([split_fields(f)[1] for f in per_run]), sharding)
-        first, again = timed(jax.jit(jax.vmap(make_train(spec))), hyper)
+        first, again = timed(jitted_batch_train(spec) if jitted_batch_train else jax.jit(jax.vmap(make_train(spec))), hyper)
         out["compute_per_run"][num_mc] = {"compile_s": first - again, "run_s": again}
         if (REPO / "vi_sweep" / "launch" / "sweep_plan.py").exists():  # this checkout's launcher layout
             out["compute"][num_mc] = _time_launcher_calls(fields, mesh_devices, timed)
@@ -294,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("   the same with a draw per run", seconds["compute_per_run"], compute["peak_rss_mib"]))
         rows.append(("4. floor: split keys + draw normals, per run (compiled)", floor_s, compute["peak_rss_mib"]))
         rows.append(("   floor, once per shared stream (seed)", seconds["floor_shared"], compute["peak_rss_mib"]))
+        if compute["floor_written_out"]:
+            written_out_s = sum(part["run_s"] for part in compute["floor_written_out"].values())
+            rows.append(("   floor per run, the draw written out (vi_sweep.core.noise, same bits)", written_out_s, compute["peak_rss_mib"]))
         notes.append("launcher layout per num_mc: " + "; ".join(f"{m}: {part.get('layout', 'per run')}" for m, part in compute["compute"].items()))
         notes.append(
             "compile s per num_mc (trainer / floor): "

@@ -4,7 +4,9 @@ Every row is measured in this one run, each measurement in its own process, side
 two floors for the same grid, both compiled and timed in one child process:
 
 - the **per-run floor**: split the keys and draw the normals, one stream per run;
-- the **shared-stream floor**: the same, one stream per seed (what runs that share a seed need).
+- the **shared-stream floor**: the same, one stream per seed (what runs that share a seed need);
+- the per-run floor with the draw **written out** as the trainer draws it (``vi_sweep.core.noise``:
+  the same bits, the hash and ``erf_inv`` fused into one loop).
 
 Rows (Adam, d = 100, lr in 6 values, num_mc in {1, 4, 16}, init_log_sigma = -3, unless noted):
 
@@ -97,13 +99,16 @@ def main(argv: list[str] | None = None) -> int:
                 result = measure([*argv, f"hydra.sweep.dir={tmp_path / name / layout / 'timed'}"])
                 overhead = (result["wall_s"] - floors["training_s"] - startup) / runs
                 table.append((name, layout, runs, row["steps"], result["wall_s"], runs * row["steps"] / result["wall_s"],
-                              result["peak_rss_mib"], floors["training_s"], floors["floor_s"], floors["floor_shared_s"], overhead * 1e3))
+                              result["peak_rss_mib"], floors["training_s"], floors["floor_s"], floors["floor_shared_s"],
+                              floors["floor_written_out_s"], overhead * 1e3))
                 print(f"{name} {layout}: {result['wall_s']:.1f} s", file=sys.stderr, flush=True)
     print(f"{cores} CPU cores; load average before/after: {load_before:.1f}/{os.getloadavg()[0]:.1f}; one-job sweep (start-up): {startup:.1f} s\n")
-    print("| row | layout | runs x steps | end to end s | run-steps/s | peak RSS MiB | training calls s | per-run floor s | shared-stream floor s | per-job overhead ms |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, layout, runs, steps, wall, rate, rss, train, floor, shared, overhead in table:
-        print(f"| {name} | {layout} | {runs} x {steps} | {wall:.1f} | {rate:,.0f} | {rss:.0f} | {train:.1f} | {floor:.1f} | {shared:.1f} | {overhead:.1f} |")
+    print("| row | layout | runs x steps | end to end s | run-steps/s | peak RSS MiB | training calls s | per-run floor s "
+          "| shared-stream floor s | written-out floor s | per-job overhead ms |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, layout, runs, steps, wall, rate, rss, train, floor, shared, written_out, overhead in table:
+        print(f"| {name} | {layout} | {runs} x {steps} | {wall:.1f} | {rate:,.0f} | {rss:.0f} | {train:.1f} | {floor:.1f} "
+              f"| {shared:.1f} | {written_out:.1f} | {overhead:.1f} |")
     return 0
 
 
@@ -111,7 +116,8 @@ def part_floors(row: dict, devices: int) -> dict:
     """Compiled floors and training calls for one row's grid, summed over num_mc (run inside a child process)."""
     out = part_compute(row["steps"], row["seeds"], devices, lrs=LRS, num_mcs=row["num_mcs"], d=row["d"], log_every=row["log_every"])
     total = lambda key: sum(part["run_s"] for part in out[key].values())  # noqa: E731
-    return {"training_s": total("compute"), "floor_s": total("floor"), "floor_shared_s": total("floor_shared")}
+    return {"training_s": total("compute"), "floor_s": total("floor"), "floor_shared_s": total("floor_shared"),
+            "floor_written_out_s": total("floor_written_out")}
 
 
 if __name__ == "__main__":
