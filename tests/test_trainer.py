@@ -120,7 +120,7 @@ def test_vmapped_grid_equals_a_loop_of_single_runs():
 def test_the_trainers_reductions_are_fused_loops_not_library_calls():
     """On CPU, XLA would hand each of a step's small reductions (over num_mc, over d) to YNNPACK:
     a library call per reduction, its (num_mc, d) input written to memory first. The trainer's
-    programs keep them in XLA's fused loops (trainer.LIBRARY_REDUCTIONS_OFF)."""
+    programs keep them in XLA's fused loops (trainer.LIBRARY_FUSIONS_OFF)."""
     from vi_sweep.core.trainer import jitted_stream_train, trainer_compiler_options
 
     if jax.default_backend() != "cpu" or trainer_compiler_options() is None:
@@ -136,7 +136,7 @@ def test_the_trainers_reductions_are_fused_loops_not_library_calls():
 def test_a_jaxlib_without_the_compiler_option_compiles_with_its_defaults(monkeypatch):
     from vi_sweep.core import trainer
 
-    monkeypatch.setattr(trainer, "LIBRARY_REDUCTIONS_OFF", {"xla_cpu_no_such_option_anywhere": "1"})
+    monkeypatch.setattr(trainer, "LIBRARY_FUSIONS_OFF", {"xla_cpu_no_such_option_anywhere": "1"})
     trainer.trainer_compiler_options.cache_clear()
     try:
         assert trainer.trainer_compiler_options() is None

@@ -291,33 +291,35 @@ def make_stream_train(spec: TrainSpec):
     return train
 
 
-LIBRARY_REDUCTIONS_OFF = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-"""XLA options for the trainer's programs: on CPU, reductions stay in XLA's own fused loops
-instead of YNNPACK library calls (dots still go to YNNPACK, XLA's default).
+LIBRARY_FUSIONS_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+"""XLA options for the trainer's programs: on CPU, XLA compiles reductions and dots itself, in
+fused loops, instead of handing them to YNNPACK (its default since ~jaxlib 0.9).
 
 Why: XLA's CPU backend hands each reduction (the sums over ``num_mc`` and over ``d`` in every
 step) to YNNPACK as a separate call, and the elementwise work feeding it -- the samples ``z``, the
-gradient through them, shape ``(runs, num_mc, d)`` -- is then written to memory first. A step is
+gradient through them, shape ``(runs, num_mc, d)`` -- is written to memory first. A step is
 dozens of such small reductions; kept in XLA, each is fused with its producer into one loop. The
-reference grid's training calls: 4.8 s -> 2.5 s on 2 cores (``benchmarks/bench_grid.py``), in
-line with jax-ml/jax#37465 (the same option as that issue's workaround, ``-reduce``). Sums are
-then added in XLA's order, not YNNPACK's: the same numbers up to float32 round-off (the
-notebook's printed tables hold to their last printed digit, ``tests/test_notebook_tables.py``).
-The option is per program, not process-wide (``jax.jit(compiler_options=...)``), so a user's
-own JAX code is untouched; on GPU it is ignored; a jaxlib that does not know it (an older or a
-newer one) compiles with its defaults (:func:`trainer_compiler_options`).
+reference grid's training calls: 4.8 s -> 2.7 s on 2 cores (``benchmarks/bench_grid.py``), in
+line with jax-ml/jax#37465 (whose workaround turns off YNNPACK's reductions only). Why dots too:
+with YNNPACK's dots kept and its reductions off (``LIBRARY_FUSION_TYPE_DOT``), jaxlib 0.10.2
+miscompiled the vmapped regression targets' ``kl_excess`` (values off by up to 10 nats, negative;
+``tests/test_glm.py`` checks the batched value against one run's). Sums are added in XLA's order,
+not YNNPACK's: the same numbers up to float32 round-off (the notebook's printed tables hold to
+their last printed digit, ``tests/test_notebook_tables.py``). The option is per program, not
+process-wide (``jax.jit(compiler_options=...)``), so a user's own JAX code is untouched; GPUs
+ignore it; a jaxlib that does not know it compiles with its defaults (:func:`trainer_compiler_options`).
 """
 
 
 @functools.lru_cache(maxsize=None)
 def trainer_compiler_options() -> dict[str, str] | None:
-    """:data:`LIBRARY_REDUCTIONS_OFF` if this jaxlib's XLA accepts it (tried once on a tiny
-    program, on the default backend), else ``None``: XLA's defaults."""
+    """:data:`LIBRARY_FUSIONS_OFF` if this jaxlib's XLA accepts it (tried once on a tiny program,
+    on the default backend), else ``None``: XLA's defaults."""
     try:
-        jax.jit(jnp.sum, compiler_options=LIBRARY_REDUCTIONS_OFF).lower(np.zeros(2, np.float32)).compile()
+        jax.jit(jnp.sum, compiler_options=LIBRARY_FUSIONS_OFF).lower(np.zeros(2, np.float32)).compile()
     except Exception:  # noqa: BLE001 - "No such compile option" or a value this XLA cannot parse: its defaults
         return None
-    return dict(LIBRARY_REDUCTIONS_OFF)
+    return dict(LIBRARY_FUSIONS_OFF)
 
 
 def _jit(fn):

@@ -78,6 +78,9 @@ def init_jax(
         # Cache every program: a sweep's programs compile in about a second, JAX's default threshold.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from vi_sweep.core.trainer import trainer_compiler_options
+
+    trainer_compiler_options()  # its one probe compile now, not among the sweep's counted compiles
     return jax.local_devices() if shard else jax.local_devices()[:1]
 
 
