@@ -549,12 +549,14 @@ def write_job(
     def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
         _quiet_console()
         try:
-            summary = finish_job(job.out_dir, task_cfg, job.fields, job.scenario, rows, diverged_at, echo=False, task_values=job.task_values)
+            # on_landed as soon as the run file is complete (a rerun resumes it, whatever happens
+            # next): a Ctrl-C during the job's summary must count it as written.
+            return finish_job(
+                job.out_dir, task_cfg, job.fields, job.scenario, rows, diverged_at, echo=False, task_values=job.task_values, on_written=on_landed
+            )
         except OSError as err:
             failed_write.append(err)
             raise
-        on_landed()  # its run file is complete: a rerun resumes it, whatever happens next
-        return summary
 
     ret = write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows)
     if failed_write:

@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -66,12 +66,15 @@ def finish_job(
     *,
     echo: bool = True,
     task_values: Mapping[str, Any] | None = None,
+    on_written: Callable[[], Any] = lambda: None,
 ) -> TailSummary:
     """Write the job's parquet atomically, optionally print its rows; return the run's
     :class:`~vi_sweep.analysis.optimized_metric.TailSummary` (its job's value is computed from it).
 
     ``task_values``: the job's task config, resolved, if the caller has it already (the batched
     launcher resolved it when it composed the job); else it is resolved from ``cfg`` here.
+    ``on_written`` is called as soon as the run file is in place (a rerun resumes the run from
+    then on), before anything else that could be interrupted.
 
     ``rows`` holds the run's final parameters too (``final_mu``, ``final_log_sigma``:
     :data:`vi_sweep.core.trainer.FINAL_PARAMS`, from ``train_one`` or the launcher's ``to_numpy``);
@@ -83,6 +86,7 @@ def finish_job(
         task_values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}  # type: ignore[union-attr]
     resolved = {**task_values, "scenario": scenario}
     path = write_metrics(out_dir, table, resolved_config=resolved, fields=fields)
+    on_written()
     if echo:  # the logged rows, as the notebook printed them (tail probes are in the file only)
         for i in np.flatnonzero(~np.asarray(rows["probe"], bool)):
             print(format_row(rows, i))
