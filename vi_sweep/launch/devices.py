@@ -94,34 +94,40 @@ def device_memory_bytes(devices: Sequence[Any]) -> Optional[int]:
 
 
 def start_batch(spec, traced: Sequence[dict], devices, runs_per_stream: int = 1) -> tuple:
-    """Start ``jitted_stream_train(spec)`` on ``traced``: streams of ``runs_per_stream`` runs each,
+    """Start the trainer on ``traced`` for ``spec``: streams of ``runs_per_stream`` runs each,
     laid out stream by stream (their number a multiple of the device count), the stream axis
-    sharded over ``devices``. Returns ``(state, rows)`` futures."""
+    sharded over ``devices``. Returns futures in :data:`vi_sweep.launch.programs.OUTPUTS` order
+    (:func:`vi_sweep.launch.programs.stream_program`: ``jit(vmap(make_stream_train(spec)))``,
+    its traced form kept on disk beside JAX's compilation cache)."""
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-    from vi_sweep.core.trainer import as_hyper, jitted_stream_train
+    from vi_sweep.core.trainer import as_hyper
+    from vi_sweep.launch.programs import stream_program
 
     streams = len(traced) // runs_per_stream
     hyper = jax.tree_util.tree_map(lambda leaf: leaf.reshape(streams, runs_per_stream, *leaf.shape[1:]), as_hyper(list(traced)))
     if len(devices) > 1:
         sharding = NamedSharding(Mesh(devices, ("streams",)), PartitionSpec("streams"))
         hyper = jax.device_put(hyper, sharding)
-    return jitted_stream_train(spec)(hyper)
+    else:
+        hyper = jax.device_put(hyper, devices[0] if devices else None)
+    leaves, treedef = jax.tree_util.tree_flatten(hyper)
+    return tuple(stream_program(spec, treedef, leaves)(*leaves))
 
 
 def to_numpy(outputs) -> tuple:
-    """Block on ``(state, rows)`` futures of :func:`start_batch`; return ``(diverged_at, {column: array})``
-    as numpy, one entry per run in the order they were given, the columns with each run's final
+    """Block on the futures of :func:`start_batch`; return ``(diverged_at, {column: array})`` as
+    numpy, one entry per run in the order they were given, the columns with each run's final
     parameters (``vi_sweep.core.trainer.FINAL_PARAMS``)."""
     import numpy as np
 
-    from vi_sweep.core.trainer import final_params
+    from vi_sweep.launch.programs import OUTPUTS
 
-    state, rows = outputs
     flat = lambda value: np.asarray(value).reshape(-1, *np.shape(value)[2:])  # noqa: E731 - (streams, runs, ...) -> (runs, ...)
-    columns = {name: flat(value) for name, value in {**rows._asdict(), **final_params(state)}.items()}
-    return flat(state.diverged_at), columns
+    named = dict(zip(OUTPUTS, outputs, strict=True))
+    diverged_at = named.pop("diverged_at")
+    return flat(diverged_at), {name: flat(value) for name, value in named.items()}
 
 
 @dataclass
