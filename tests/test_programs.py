@@ -135,3 +135,10 @@ def test_without_flatbuffers_every_sweep_traces(tmp_path, monkeypatch):
     with jax_cache_dir(tmp_path):
         assert np.isfinite(trained(spec, traced)[1]["kl"]).all()
     assert not list(tmp_path.rglob(f"*{programs.SUFFIX}"))
+
+
+def test_a_remote_compilation_cache_is_left_to_jax(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with jax_cache_dir("gs://some-bucket/jax-cache"):  # JAX reaches it through its own file system layer; never a local "gs:" folder
+        assert programs.programs_dir() is None
+    assert not (tmp_path / "gs:").exists()

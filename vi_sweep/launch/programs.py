@@ -125,11 +125,12 @@ def _stored(spec, treedef, key: str, directory: str, leaves: tuple) -> Callable:
 
 
 def programs_dir() -> Path | None:
-    """``<JAX's compilation cache dir>/vi_sweep-programs``, or None when JAX has no cache dir or cannot serialize programs."""
+    """``<JAX's compilation cache dir>/vi_sweep-programs``, or None when JAX has no local cache dir or
+    programs cannot be serialized."""
     import jax
 
     cache_dir = jax.config.jax_compilation_cache_dir
-    if not cache_dir or not _can_serialize():
+    if not cache_dir or "://" in str(cache_dir) or not _can_serialize():  # a remote cache (gs://...) is JAX's to reach, not a path here
         return None
     return Path(cache_dir) / PROGRAMS_SUBDIR
 
