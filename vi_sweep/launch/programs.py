@@ -11,7 +11,7 @@ compiled form is again a persistent-cache hit. The same path with or without a f
 so a cold and a warm sweep run the same compiled program and give the same bits.
 
 A stored program is found by a key of everything that shapes the traced program:
-the trainer's code and data (every file under ``vi_sweep/core``), jax, jaxlib, optax and numpy
+the trainer's code and data (every file under ``vi_sweep/core``, and this module), jax, jaxlib, optax and numpy
 versions, the :class:`~vi_sweep.core.trainer.TrainSpec`, the inputs' tree, shapes, dtypes and
 shardings, the devices, the compiler options, and JAX's flags that change tracing (x64, PRNG
 implementation, ...). A spec whose optimizer, target or estimator is not vi_sweep's own (a
@@ -204,11 +204,12 @@ def _versions() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _core_digest() -> str:
-    """sha256 over every file under ``vi_sweep/core`` (its code and its datasets), by relative path."""
+    """sha256 over every file under ``vi_sweep/core`` (its code and its datasets) and this module
+    (whose ``_flat_outputs`` is part of every program), by path inside the package."""
     digest = hashlib.sha256()
-    for path in sorted(CORE_DIR.rglob("*")):
+    for path in [*sorted(CORE_DIR.rglob("*")), Path(__file__).resolve()]:
         if path.is_file() and "__pycache__" not in path.parts:
-            digest.update(str(path.relative_to(CORE_DIR)).encode() + b"\0")
+            digest.update(str(path.relative_to(CORE_DIR.parent)).encode() + b"\0")  # core/trainer.py, launch/programs.py, ...
             digest.update(path.read_bytes())
     return digest.hexdigest()
 
