@@ -4,6 +4,7 @@ gets the same bits as tracing, and never runs a program that is not its own."""
 from __future__ import annotations
 
 import contextlib
+import stat
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ from vi_sweep.core import optimizers
 from vi_sweep.core.trainer import split_fields
 from vi_sweep.launch import programs
 from vi_sweep.launch.devices import start_batch, to_numpy
+from vi_sweep.store.metrics import current_umask
 
 pytest.importorskip("flatbuffers")  # jax.export's serialization; without it every sweep traces (tested below)
 
@@ -63,6 +65,7 @@ def test_a_program_is_stored_once_and_a_later_sweep_runs_it_without_tracing_the_
         first = trained(spec, traced)
         stored = list((tmp_path / programs.PROGRAMS_SUBDIR).glob(f"*{programs.SUFFIX}"))
         assert len(stored) == 1
+        assert stat.S_IMODE(stored[0].stat().st_mode) == 0o666 & ~current_umask()  # as JAX's own entries, not mkstemp's 0600
     with jax_cache_dir(tmp_path), monkeypatch.context() as patched:  # a new sweep: nothing in memory, the file on disk
         patched.setattr(programs, "_flat_outputs", never_trace)
         second = trained(spec, traced)

@@ -231,6 +231,8 @@ def _read(path: Path):
 
 def _write(path: Path, exported) -> None:
     """Store ``exported`` at ``path`` atomically (a temporary file, then a rename); skip if the cache cannot be written."""
+    from vi_sweep.store.metrics import current_umask
+
     try:
         blob = exported.serialize()
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +240,7 @@ def _write(path: Path, exported) -> None:
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(blob)
+            os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp makes 0600: a cache shared as JAX's is
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
