@@ -4,6 +4,7 @@ gets the same bits as tracing, and never runs a program that is not its own."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import stat
 
 import jax
@@ -12,7 +13,7 @@ import pytest
 
 from tests.sweeps import flat_fields
 from vi_sweep.core import optimizers
-from vi_sweep.core.trainer import split_fields
+from vi_sweep.core.trainer import as_hyper, split_fields
 from vi_sweep.launch import programs
 from vi_sweep.launch.devices import start_batch, to_numpy
 from vi_sweep.store.metrics import current_umask
@@ -84,7 +85,7 @@ def test_a_corrupt_stored_program_is_traced_again_and_replaced(tmp_path):
     with jax_cache_dir(tmp_path):
         again = trained(spec, traced)
     assert_same(again, reference)
-    jax.export.deserialize(bytearray(path.read_bytes()))  # replaced by a whole program
+    assert programs.read_stored(path) is not None  # replaced by a whole program
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -105,8 +106,6 @@ def test_the_key_tells_apart_what_changes_the_program():
     other_target, _ = batch(target="ill_conditioned")
 
     def key(spec, runs):
-        from vi_sweep.core.trainer import as_hyper
-
         hyper = jax.tree_util.tree_map(lambda leaf: leaf.reshape(2, len(runs) // 2, *leaf.shape[1:]), as_hyper(runs))
         leaves, treedef = jax.tree_util.tree_flatten(jax.device_put(hyper, jax.local_devices()[0]))
         return programs.program_key(spec, treedef, leaves)
@@ -145,3 +144,66 @@ def test_a_remote_compilation_cache_is_left_to_jax(tmp_path, monkeypatch):
     with jax_cache_dir("gs://some-bucket/jax-cache"):  # JAX reaches it through its own file system layer; never a local "gs:" folder
         assert programs.programs_dir() is None
     assert not (tmp_path / "gs:").exists()
+
+
+def test_a_stored_program_damaged_under_a_valid_checksum_is_traced_again_and_replaced(tmp_path):
+    # A file whose wrapper deserializes but whose StableHLO does not parse (written by a broken
+    # tool, or damaged before its checksum was taken): it must not stop every later sweep.
+    spec, traced = batch()
+    with jax_cache_dir(tmp_path):
+        reference = trained(spec, traced)
+    [path] = (tmp_path / programs.PROGRAMS_SUBDIR).glob(f"*{programs.SUFFIX}")
+    _, _, body = path.read_bytes().partition(b"\n")
+    start = body.index(b"ML\xefR") + 400  # inside the serialized MLIR bytecode
+    body = body[:start] + bytes(64) + body[start + 64 :]
+    damaged = programs.MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    path.write_bytes(damaged)
+    assert programs.read_stored(path) is not None  # it passes the checksum and deserializes
+    with jax_cache_dir(tmp_path):
+        again = trained(spec, traced)
+    assert_same(again, reference)
+    assert path.read_bytes() != damaged
+
+
+def test_a_flipped_bit_fails_the_checksum(tmp_path):
+    spec, traced = batch()
+    with jax_cache_dir(tmp_path):
+        trained(spec, traced)
+    [path] = (tmp_path / programs.PROGRAMS_SUBDIR).glob(f"*{programs.SUFFIX}")
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x10
+    path.write_bytes(bytes(blob))
+    assert programs.read_stored(path) is None
+
+
+def test_every_jax_flag_is_in_the_key_the_seed_offset_too(tmp_path):
+    spec, traced = batch()
+    with jax_cache_dir(tmp_path):
+        plain = trained(spec, traced)  # stored without an offset
+    jax.config.update("jax_random_seed_offset", 1)  # jax.random.key(seed) inside the program adds it
+    try:
+        with jax_cache_dir(None):
+            offset_reference = trained(spec, traced)
+        with jax_cache_dir(tmp_path):
+            offset_cached = trained(spec, traced)
+    finally:
+        jax.config.update("jax_random_seed_offset", 0)
+    assert_same(offset_cached, offset_reference)
+    assert not np.array_equal(offset_cached[1]["kl"], plain[1]["kl"])
+    assert len(list((tmp_path / programs.PROGRAMS_SUBDIR).glob(f"*{programs.SUFFIX}"))) == 2
+
+
+def test_a_wrapped_user_function_is_not_mistaken_for_vi_sweeps_own(monkeypatch):
+    import functools
+
+    import optax
+
+    @functools.wraps(optimizers.adam)  # copies __module__ and __name__: still the user's code
+    def not_adam(lr, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+        return optax.sgd(lr)
+
+    spec, traced = batch()
+    hyper_leaves, treedef = jax.tree_util.tree_flatten(jax.device_put(jax.tree_util.tree_map(lambda x: x.reshape(2, 2), as_hyper(traced))))
+    assert programs.program_key(spec, treedef, hyper_leaves) is not None
+    monkeypatch.setitem(optimizers.OPTIMIZERS, "adam", not_adam)
+    assert programs.program_key(spec, treedef, hyper_leaves) is None

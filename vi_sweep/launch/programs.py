@@ -11,14 +11,17 @@ compiled form is again a persistent-cache hit. The same path with or without a f
 so a cold and a warm sweep run the same compiled program and give the same bits.
 
 A stored program is found by a key of everything that shapes the traced program:
-the trainer's code and data (every file under ``vi_sweep/core``, and this module), jax, jaxlib, optax and numpy
-versions, the :class:`~vi_sweep.core.trainer.TrainSpec`, the inputs' tree, shapes, dtypes and
-shardings, the devices, the compiler options, and JAX's flags that change tracing (x64, PRNG
-implementation, ...). A spec whose optimizer, target or estimator is not vi_sweep's own (a
-user's registry entry, whose code the key cannot see) is traced every time, as is everything
-when JAX has no compilation cache directory or ``flatbuffers`` (jax.export's serialization) is
-missing. A stored file that cannot be read is traced again and replaced; a cache that cannot be
-written is skipped. Never a wrong program, at worst today's tracing.
+the trainer's code and data (every file under ``vi_sweep/core``, and this module), jax, jaxlib,
+optax and numpy versions, the :class:`~vi_sweep.core.trainer.TrainSpec`, the inputs' tree,
+shapes, dtypes and shardings, the devices, the compiler options, and every JAX flag (x64, the
+PRNG's implementation and seed offset, Shardy, ...). A spec whose optimizer, target or estimator
+is not a function defined in ``vi_sweep/core`` (a user's registry entry, whose code the key
+cannot see) is traced every time, as is everything when JAX has no local compilation cache
+directory, runs without jit, or ``flatbuffers`` (jax.export's serialization) is missing. A
+stored file carries a sha256 of its program: one that fails it, cannot be deserialized or does
+not compile is traced again and replaced; a cache that cannot be written is skipped. At worst
+the tracing a sweep did before, never another program. Not covered: a ``vi_sweep/core`` file
+edited between the sweep's start and its first program's key (the digest reads the files then).
 
 Output of every program: a flat tuple in :data:`OUTPUTS` order (``diverged_at``, the rows'
 columns, the final parameters), each ``(streams, runs per stream, ...)``: what the launcher
@@ -46,19 +49,8 @@ OUTPUTS = ("diverged_at", *Rows._fields, *FINAL_PARAMS)
 
 PROGRAMS_SUBDIR = "vi_sweep-programs"
 SUFFIX = ".jaxexport"
+MAGIC = b"vi_sweep program sha256="  # a file's first line: this, then the sha256 of the serialized program after it
 
-# JAX flags that change what tracing produces (dtypes, the PRNG's bits, promotion, precision).
-TRACE_FLAGS = (
-    "jax_enable_x64",
-    "jax_default_prng_impl",
-    "jax_threefry_partitionable",
-    "jax_default_matmul_precision",
-    "jax_numpy_rank_promotion",
-    "jax_numpy_dtype_promotion",
-    "jax_enable_checks",
-    "jax_debug_nans",
-    "jax_debug_infs",
-)
 CORE_DIR = Path(__file__).resolve().parent.parent / "core"
 
 
@@ -112,16 +104,31 @@ def _stored(spec, treedef, key: str, directory: str, leaves: tuple) -> Callable:
         return _STORED[key]
     import jax
 
-    from vi_sweep.core.trainer import trainer_compiler_options
-
     path = Path(directory) / f"{key}{SUFFIX}"
-    exported = _read(path)
+    exported = read_stored(path)
+    if exported is not None:
+        try:
+            program = _compiled(exported, leaves)
+        except Exception as err:  # noqa: BLE001 - its checksum holds but its StableHLO does not parse here: trace again
+            log.debug("stored program %s does not compile (%s): tracing it again", path, err)
+            exported = None
     if exported is None:
         exported = jax.export.export(jax.jit(_flat_outputs(spec, treedef)), platforms=[_platform(leaves)])(*leaves)
-        _write(path, exported)
-    program = jax.jit(exported.call, compiler_options=trainer_compiler_options())
+        program = _compiled(exported, leaves)  # an error here is the trainer's own: raised
+        _write(path, exported)  # only a program that compiled
     _STORED[key] = program
     return program
+
+
+def _compiled(exported, leaves: tuple) -> Callable:
+    """``exported`` lowered and compiled for ``leaves`` (the persistent compilation cache's hit on
+    a warm cache), with the trainer's compiler options. The key fixes the shapes, dtypes and
+    shardings, so the compiled program serves every later call with this key."""
+    import jax
+
+    from vi_sweep.core.trainer import trainer_compiler_options
+
+    return jax.jit(exported.call, compiler_options=trainer_compiler_options()).lower(*leaves).compile()
 
 
 def programs_dir() -> Path | None:
@@ -147,12 +154,13 @@ def _can_serialize() -> bool:
 
 def program_key(spec, treedef, leaves: Sequence[Any]) -> str | None:
     """A hex digest of everything that shapes the traced program (see the module docstring), or
-    None if the spec uses code outside ``vi_sweep.core`` (a user's registry entry)."""
+    None if the spec uses code outside ``vi_sweep.core`` (a user's registry entry) or JAX runs
+    without jit (``jax_disable_jit``: nothing to store)."""
     import jax
 
     from vi_sweep.core.trainer import trainer_compiler_options
 
-    if not _own_code(spec):
+    if jax.config.jax_disable_jit or not _own_code(spec):
         return None
     devices = sorted({device for leaf in leaves for device in _devices_of(leaf)}, key=lambda device: device.id)
     parts = [
@@ -163,19 +171,28 @@ def program_key(spec, treedef, leaves: Sequence[Any]) -> str | None:
         repr([(tuple(leaf.shape), str(leaf.dtype), str(getattr(leaf, "sharding", None))) for leaf in leaves]),
         repr([(device.platform, device.device_kind, device.id) for device in devices]),
         repr(sorted((trainer_compiler_options() or {}).items())),
-        repr([(flag, str(getattr(jax.config, flag, None))) for flag in TRACE_FLAGS]),
+        # Every JAX flag, not a list of the ones known to change tracing: x64, the PRNG's
+        # implementation and seed offset, Shardy, promotion rules... A flag that does not matter
+        # costs a trace when it changes, a missing one a wrong program.
+        repr(sorted((name, repr(value)) for name, value in jax.config.values.items())),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
 
 def _own_code(spec) -> bool:
-    """Whether every registry entry ``spec`` names is vi_sweep's own code (inside the key's digest)."""
+    """Whether every registry entry ``spec`` names is a function defined in ``vi_sweep/core``
+    (inside the key's digest); by its code's file, which ``functools.wraps`` does not copy."""
     from vi_sweep.core.objectives import ESTIMATORS
     from vi_sweep.core.optimizers import OPTIMIZERS
     from vi_sweep.core.targets import TARGETS
 
-    used = [OPTIMIZERS.get(spec.optimizer), TARGETS.get(spec.target), ESTIMATORS.get(spec.estimator)]
-    return all(entry is None or str(getattr(entry, "__module__", "")).startswith("vi_sweep.core") for entry in used)
+    for registry, name in ((OPTIMIZERS, spec.optimizer), (TARGETS, spec.target), (ESTIMATORS, spec.estimator)):
+        if name not in registry:
+            continue  # "none" for the exact objective; an unknown name fails in the trainer itself
+        code = getattr(registry[name], "__code__", None)
+        if code is None or not Path(code.co_filename).resolve().is_relative_to(CORE_DIR):
+            return False
+    return True
 
 
 def _devices_of(leaf) -> Sequence[Any]:
@@ -214,17 +231,22 @@ def _core_digest() -> str:
     return digest.hexdigest()
 
 
-def _read(path: Path):
-    """The program stored at ``path``, or None if there is none or it cannot be read (traced again, replaced)."""
+def read_stored(path: Path):
+    """The program stored at ``path``, or None if there is none or it cannot be read: a file
+    whose checksum fails (a flipped bit could still parse, and run) or that JAX cannot deserialize."""
     import jax
 
     try:
         blob = path.read_bytes()
     except OSError:
         return None
+    header, _, body = blob.partition(b"\n")
+    if header != MAGIC + hashlib.sha256(body).hexdigest().encode():
+        log.debug("stored program %s fails its checksum: tracing it again", path)
+        return None
     try:
-        return jax.export.deserialize(bytearray(blob))
-    except Exception as err:  # noqa: BLE001 - a truncated or foreign file: trace again
+        return jax.export.deserialize(bytearray(body))
+    except Exception as err:  # noqa: BLE001 - a file of another jax: trace again
         log.debug("stored program %s unreadable (%s): tracing it again", path, err)
         return None
 
@@ -234,7 +256,8 @@ def _write(path: Path, exported) -> None:
     from vi_sweep.store.metrics import current_umask
 
     try:
-        blob = exported.serialize()
+        body = bytes(exported.serialize())
+        blob = MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
