@@ -322,27 +322,29 @@ def trainer_compiler_options() -> dict[str, str] | None:
     return dict(LIBRARY_FUSIONS_OFF)
 
 
-def _jit(fn):
+def trainer_jit(fn):
+    """``jax.jit(fn)`` with :func:`trainer_compiler_options`: how every trainer program is jitted
+    (here, and the launcher's programs in ``vi_sweep.launch.programs``)."""
     return jax.jit(fn, compiler_options=trainer_compiler_options())
 
 
 @functools.lru_cache(maxsize=None)
 def jitted_train(spec: TrainSpec):
     """``jit(make_train(spec))``: compiled once per spec, reused for every lr/seed/init."""
-    return _jit(make_train(spec))
+    return trainer_jit(make_train(spec))
 
 
 @functools.lru_cache(maxsize=None)
 def jitted_batch_train(spec: TrainSpec):
     """``jit(vmap(make_train(spec)))``: a batch of runs with one spec as one program, each drawing its own noise."""
-    return _jit(jax.vmap(make_train(spec)))
+    return trainer_jit(jax.vmap(make_train(spec)))
 
 
 @functools.lru_cache(maxsize=None)
 def jitted_stream_train(spec: TrainSpec):
     """``jit(vmap(make_stream_train(spec)))``: streams x runs-per-stream as one program; each
     stream's noise drawn once for its runs. ``hypers`` leaves have the shape ``(streams, runs)``."""
-    return _jit(jax.vmap(make_stream_train(spec)))
+    return trainer_jit(jax.vmap(make_stream_train(spec)))
 
 
 # ---------------------------------------------------------------------------------------------

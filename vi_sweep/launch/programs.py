@@ -73,11 +73,9 @@ def _flat_outputs(spec, treedef) -> Callable:
 @functools.lru_cache(maxsize=None)
 def _traced_each_time(spec, treedef) -> Callable:
     """The plain path: ``jit`` with the trainer's compiler options (JAX traces it once per process and shape)."""
-    import jax
+    from vi_sweep.core.trainer import trainer_jit
 
-    from vi_sweep.core.trainer import trainer_compiler_options
-
-    return jax.jit(_flat_outputs(spec, treedef), compiler_options=trainer_compiler_options())
+    return trainer_jit(_flat_outputs(spec, treedef))
 
 
 def stream_program(spec, treedef, leaves: Sequence[Any]) -> Callable:
@@ -124,11 +122,9 @@ def _compiled(exported, leaves: tuple) -> Callable:
     """``exported`` lowered and compiled for ``leaves`` (the persistent compilation cache's hit on
     a warm cache), with the trainer's compiler options. The key fixes the shapes, dtypes and
     shardings, so the compiled program serves every later call with this key."""
-    import jax
+    from vi_sweep.core.trainer import trainer_jit
 
-    from vi_sweep.core.trainer import trainer_compiler_options
-
-    return jax.jit(exported.call, compiler_options=trainer_compiler_options()).lower(*leaves).compile()
+    return trainer_jit(exported.call).lower(*leaves).compile()
 
 
 def programs_dir() -> Path | None:
