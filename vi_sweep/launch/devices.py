@@ -98,7 +98,7 @@ def start_batch(spec, traced: Sequence[dict], devices, runs_per_stream: int = 1)
     laid out stream by stream (their number a multiple of the device count), the stream axis
     sharded over ``devices``. Returns futures in :data:`vi_sweep.launch.programs.OUTPUTS` order
     (:func:`vi_sweep.launch.programs.stream_program`: ``jit(vmap(make_stream_train(spec)))``,
-    its traced form kept on disk beside JAX's compilation cache)."""
+    its compiled form kept on disk beside JAX's compilation cache)."""
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
