@@ -169,3 +169,24 @@ def test_to_yaml_is_omegaconfs(compose, tmp_path):
     with open_dict(cfg):
         cfg.odd = {"yes": "yes", "num": "10", "inf": ".inf", "null_str": "null", "unicode": "σ_min", "long": "x" * 200}
     assert to_yaml(OmegaConf.to_container(cfg, enum_to_str=True)) == OmegaConf.to_yaml(cfg)
+
+
+def test_to_yaml_remembers_entries_without_mixing_up_values_python_calls_equal():
+    # to_yaml keeps each mapping entry's text; 1, True and 1.0 (and 0.0, -0.0) are equal keys
+    # in Python but YAML writes them differently, at every depth, in any order.
+    import pathlib
+
+    import yaml
+    from omegaconf._utils import get_omega_conf_dumper
+
+    def python(container):
+        return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=get_omega_conf_dumper())
+
+    shared = ["a", "b"]
+    containers = []
+    for value in (1, True, 1.0, 0.0, -0.0, None, "1", "true", "", "x y " * 30, [1, True], {}, [], {"deep": 1.0}, {"deep": True}):
+        containers.append({"hydra": {"job": {"num": value, "name": "app"}, "run": {"dir": "out"}}, "lr": value, value if isinstance(value, (str, int, float)) else "k": 0})
+    containers.append({"twice": shared, "again": shared})  # an anchor and an alias
+    containers.append({"path": pathlib.PurePosixPath("/tmp/x"), "n": 1})  # not a plain value: emitted whole
+    for container in containers + containers[::-1]:
+        assert to_yaml(container) == python(container), container

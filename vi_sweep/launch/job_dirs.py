@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import yaml
 from hydra.core.hydra_config import HydraConfig
@@ -73,9 +73,94 @@ def _libyaml_safe(node: Any) -> bool:
 
 def to_yaml(container: Any) -> str:
     """``OmegaConf.to_yaml`` of a plain container (from ``OmegaConf.to_container(cfg, enum_to_str=True)``),
-    with libyaml's emitter where it writes the same bytes (:func:`_emitters_agree`)."""
+    with libyaml's emitter where it writes the same bytes (:func:`_emitters_agree`), and each
+    mapping entry's text remembered.
+
+    The jobs of a sweep write nearly the same ``hydra.yaml`` (4-5 kB, ~1.3 ms to emit): only a
+    few entries (``hydra.job.num``, ``hydra.runtime.output_dir``, the overrides) differ. A block
+    mapping's entries are emitted one after another, each starting on its own line at its
+    depth's indentation, so the text of ``key: value`` at depth ``n`` is the same wherever it
+    appears: kept in a bounded cache, computed by emitting it under ``n`` placeholder keys.
+    A container holding the same list or dict twice (which YAML writes as an anchor and an
+    alias) is emitted whole.
+    """
+    if type(container) is not dict or not container or _shares_containers(container):
+        return _emit(container)
+    try:
+        return "".join(_entry_text(0, _frozen(key), key, value) for key, value in container.items())
+    except _NotPlain:  # a value of another type (a Path, a user's object): no cache key for it
+        return _emit(container)
+
+
+def _emit(container: Any) -> str:
     dumper = _YamlDumper if _libyaml_safe(container) else get_omega_conf_dumper()
     return yaml.dump(container, default_flow_style=False, allow_unicode=True, sort_keys=False, Dumper=dumper)
+
+
+def _entry_text(depth: int, frozen_key: Hashable, key: Any, value: Any) -> str:
+    """The YAML text of the mapping entry ``key: value`` at ``depth`` (cached by its frozen form)."""
+    cache_key = (depth, frozen_key, _frozen(value))
+    text = _ENTRY_TEXTS.get(cache_key)
+    if text is None:
+        if type(value) is dict and value:
+            text = _head_text(depth, frozen_key, key) + "".join(_entry_text(depth + 1, _frozen(k), k, v) for k, v in value.items())
+        else:
+            text = "".join(_emit(_under(depth, {key: value})).splitlines(keepends=True)[depth:])
+        if len(_ENTRY_TEXTS) >= _ENTRY_TEXTS_MAX:
+            _ENTRY_TEXTS.pop(next(iter(_ENTRY_TEXTS)))  # the oldest: bounded for sweeps of any size
+        _ENTRY_TEXTS[cache_key] = text
+    return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _head_text(depth: int, frozen_key: Hashable, key: Any) -> str:
+    """The line ``key:`` that opens a nested mapping at ``depth``."""
+    return _emit(_under(depth, {key: {"x": None}})).splitlines(keepends=True)[depth]
+
+
+def _under(depth: int, mapping: dict) -> dict:
+    for _ in range(depth):
+        mapping = {"x": mapping}
+    return mapping
+
+
+_ENTRY_TEXTS: dict[Hashable, str] = {}
+_ENTRY_TEXTS_MAX = 8192
+
+
+class _NotPlain(Exception):
+    pass
+
+
+_SCALARS = (int, float, bool, type(None), bytes)
+
+
+def _frozen(value: Any) -> Hashable:
+    """A hashable form of a plain value that tells apart what YAML writes differently (``1``,
+    ``True`` and ``1.0`` are equal in Python; ``0.0`` and ``-0.0`` too)."""
+    kind = type(value)
+    if kind is str:
+        return value
+    if kind is dict:
+        return ("dict", tuple((_frozen(k), _frozen(v)) for k, v in value.items()))
+    if kind is list:
+        return ("list", tuple(_frozen(item) for item in value))
+    if kind in _SCALARS:
+        return (kind.__name__, repr(value))
+    raise _NotPlain(kind)
+
+
+def _shares_containers(container: Any) -> bool:
+    seen: set[int] = set()
+    stack = [container]
+    while stack:
+        node = stack.pop()
+        if type(node) in (dict, list):
+            if id(node) in seen:
+                return True
+            seen.add(id(node))
+            stack.extend(node.values() if type(node) is dict else node)
+    return False
 
 
 def write_job_dir(
