@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from vi_sweep.host import available_cores
+from vi_sweep.launch import devices
 from vi_sweep.launch.devices import prefer_cpu_vector_width
+
+
+@pytest.fixture(autouse=True)
+def before_jax_starts(monkeypatch):
+    """As in a fresh sweep process: no JAX backend yet (this test process may have started one)."""
+    monkeypatch.setattr(devices, "backend_started", lambda: False)
 
 
 def test_available_cores_counts_at_least_one_core():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import pickle
 import stat
 
@@ -58,11 +59,16 @@ def never_trace(*args, **kwargs):
 
 
 def rewrite(path, payload) -> bytes:
-    """Store ``payload`` at ``path`` under a valid checksum, as a broken tool would."""
+    """Store ``payload`` at ``path`` under a valid checksum and its key, as a broken tool would."""
     body = pickle.dumps(payload)
-    blob = programs.MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    key = path.name[: -len(programs.SUFFIX)]
+    blob = programs.MAGIC + hashlib.sha256(key.encode() + b"\n" + body).hexdigest().encode() + b" " + key.encode() + b"\n" + body
     path.write_bytes(blob)
     return blob
+
+
+def key_of(path) -> str:
+    return path.name[: -len(programs.SUFFIX)]
 
 
 def test_a_program_is_stored_once_and_a_later_sweep_runs_it_without_tracing_the_trainer(tmp_path, monkeypatch):
@@ -93,7 +99,7 @@ def test_a_corrupt_stored_program_is_traced_again_and_replaced(tmp_path):
     with jax_cache_dir(tmp_path):
         again = trained(spec, traced)
     assert_same(again, reference)
-    assert programs.read_stored(path) is not None  # replaced by a whole program
+    assert programs.read_stored(path, key_of(path)) is not None  # replaced by a whole program
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -146,7 +152,7 @@ def test_a_remote_compilation_cache_is_left_to_jax(tmp_path, monkeypatch):
     assert not (tmp_path / "gs:").exists()
 
 
-@pytest.mark.parametrize("damage", ["executable", "trees", "shape"])
+@pytest.mark.parametrize("damage", ["executable", "trees", "outputs", "shape"])
 def test_a_stored_program_damaged_under_a_valid_checksum_is_compiled_again_and_replaced(tmp_path, damage):
     # A file that passes its checksum but holds no loadable program (written by a broken tool,
     # or damaged before its checksum was taken): it must not stop every later sweep.
@@ -154,10 +160,11 @@ def test_a_stored_program_damaged_under_a_valid_checksum_is_compiled_again_and_r
     with jax_cache_dir(tmp_path):
         reference = trained(spec, traced)
     [path] = (tmp_path / programs.PROGRAMS_SUBDIR).glob(f"*{programs.SUFFIX}")
-    serialized, in_tree, out_tree = programs.read_stored(path)
+    serialized, in_tree, out_tree = programs.read_stored(path, key_of(path))
     payload = {
         "executable": (serialized[: len(serialized) // 3], in_tree, out_tree),  # XLA cannot parse it
         "trees": (serialized, jax.tree_util.tree_structure((1, 2)), out_tree),  # the program's inputs do not fit
+        "outputs": (serialized, in_tree, jax.tree_util.tree_structure((1, 2))),  # would load, then fail when called
         "shape": ("not a program", in_tree, out_tree),
     }[damage]
     damaged = rewrite(path, payload)
@@ -165,7 +172,7 @@ def test_a_stored_program_damaged_under_a_valid_checksum_is_compiled_again_and_r
         again = trained(spec, traced)
     assert_same(again, reference)
     assert path.read_bytes() != damaged
-    assert programs.read_stored(path) is not None
+    assert programs.read_stored(path, key_of(path)) is not None
 
 
 def test_a_flipped_bit_fails_the_checksum(tmp_path):
@@ -176,7 +183,7 @@ def test_a_flipped_bit_fails_the_checksum(tmp_path):
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0x10
     path.write_bytes(bytes(blob))
-    assert programs.read_stored(path) is None
+    assert programs.read_stored(path, key_of(path)) is None
 
 
 def test_every_jax_flag_is_in_the_key_the_seed_offset_too(tmp_path):
@@ -216,6 +223,7 @@ def test_the_xla_flags_and_the_host_cpu_are_in_the_key(monkeypatch):
     # The stored program is XLA's executable: compiled under XLA_FLAGS, for this CPU's instructions.
     spec, traced = batch()
     leaves, treedef = jax.tree_util.tree_flatten(jax.device_put(jax.tree_util.tree_map(lambda x: x.reshape(2, 2), as_hyper(traced))))
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     plain = programs.program_key(spec, treedef, leaves)
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
     assert programs.program_key(spec, treedef, leaves) != plain
@@ -263,3 +271,45 @@ def test_a_program_sharded_over_two_devices_is_stored_and_loaded_onto_them(tmp_p
     done = subprocess.run([sys.executable, "-c", SHARDED, str(tmp_path)], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "stored 1" in done.stdout
+
+
+def test_a_program_copied_under_another_key_is_not_run(tmp_path):
+    # The seed offset changes the program; a file renamed to the offset's key (a sync tool, a
+    # hand-made copy) must not give the offset-0 numbers for offset 1.
+    spec, traced = batch()
+    with jax_cache_dir(tmp_path):
+        plain = trained(spec, traced)
+    [stored] = (tmp_path / programs.PROGRAMS_SUBDIR).glob(f"*{programs.SUFFIX}")
+    jax.config.update("jax_random_seed_offset", 1)
+    try:
+        leaves, treedef = jax.tree_util.tree_flatten(
+            jax.device_put(jax.tree_util.tree_map(lambda leaf: leaf.reshape(2, 2, *leaf.shape[1:]), as_hyper(traced)), jax.local_devices()[0])
+        )
+        offset_key = programs.program_key(spec, treedef, leaves)
+        (stored.parent / f"{offset_key}{programs.SUFFIX}").write_bytes(stored.read_bytes())
+        with jax_cache_dir(tmp_path):
+            offset = trained(spec, traced)
+    finally:
+        jax.config.update("jax_random_seed_offset", 0)
+    assert not np.array_equal(offset[1]["kl"], plain[1]["kl"])
+
+
+def test_a_moved_cache_still_finds_its_programs(tmp_path):
+    spec, traced = batch()
+    leaves, treedef = jax.tree_util.tree_flatten(jax.device_put(jax.tree_util.tree_map(lambda x: x.reshape(2, 2), as_hyper(traced))))
+    with jax_cache_dir(tmp_path / "here"):
+        here = programs.program_key(spec, treedef, leaves)
+    with jax_cache_dir(tmp_path / "moved"):
+        assert programs.program_key(spec, treedef, leaves) == here
+
+
+def test_the_vector_width_is_not_put_in_xla_flags_once_the_backend_runs(monkeypatch):
+    # XLA read XLA_FLAGS when it started: a flag added now would do nothing but mislead the
+    # stored programs' key (and JAX's), which read it.
+    from vi_sweep.launch import devices
+
+    jax.devices()  # started
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert devices.backend_started()
+    assert devices.prefer_cpu_vector_width(512) is False
+    assert "XLA_FLAGS" not in os.environ

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,26 @@ def prefer_cpu_vector_width(bits: int | None) -> bool:
     grid and ``tests/test_launcher.py``'s grid are bit for bit the same). A CPU without AVX-512
     cannot go wider than 256 bits, and GPUs ignore ``xla_cpu_*`` flags.
     """
-    if bits is None:
+    if bits is None or backend_started():
+        # Once started, XLA does not read XLA_FLAGS again: setting it would only mislead what
+        # reads it later (the key of a stored program, JAX's own cache key).
         return False
     flags = os.environ.get("XLA_FLAGS", "")
     if XLA_VECTOR_WIDTH_FLAG in flags:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {XLA_VECTOR_WIDTH_FLAG}={int(bits)}".strip()
     return True
+
+
+def backend_started() -> bool:
+    """Whether this process has started a JAX backend already (a notebook that used JAX before a sweep)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src.xla_bridge import backends_are_initialized  # no public equivalent
+    except ImportError:
+        return False
+    return bool(backends_are_initialized())
 
 
 def init_jax(

@@ -57,7 +57,7 @@ OUTPUTS = ("diverged_at", *Rows._fields, *FINAL_PARAMS)
 
 PROGRAMS_SUBDIR = "vi_sweep-programs"
 SUFFIX = ".executable"
-MAGIC = b"vi_sweep program sha256="  # a file's first line: this, then the sha256 of the serialized program after it
+MAGIC = b"vi_sweep program sha256="  # a file's first line: this, the sha256 of its key and the program after it, a space, its key
 
 CORE_DIR = Path(__file__).resolve().parent.parent / "core"
 
@@ -111,24 +111,29 @@ def _stored(spec, treedef, key: str, directory: str, leaves: tuple) -> Callable:
     path = Path(directory) / f"{key}{SUFFIX}"
     devices = execution_devices(leaves)
     program = None
-    payload = read_stored(path)
+    payload = read_stored(path, key)
     if payload is not None:
         try:
-            program = _loaded(payload, devices)
+            program = _loaded(payload, devices, len(leaves))
         except Exception as err:  # noqa: BLE001 - its checksum holds but XLA cannot load it here: compile again
             log.debug("stored program %s does not load (%s): compiling it again", path, err)
     if program is None:
         program = _traced_each_time(spec, treedef).lower(*leaves).compile()  # an error here is the trainer's own: raised
-        _write(path, program)
+        _write(path, key, program)
     _STORED[key] = program
     return program
 
 
-def _loaded(payload: tuple, devices: Sequence[Any]) -> Callable:
-    """The compiled program ``payload`` (``serialize``'s bytes, input and output trees) loaded onto ``devices``."""
+def _loaded(payload: tuple, devices: Sequence[Any], inputs: int) -> Callable:
+    """The compiled program ``payload`` (``serialize``'s bytes, input and output trees) loaded onto
+    ``devices``; raises if its trees do not fit ``inputs`` flat inputs and :data:`OUTPUTS` (a
+    program that would load and then fail when called)."""
+    import jax
     from jax.experimental.serialize_executable import deserialize_and_load
 
     serialized, in_tree, out_tree = payload
+    if in_tree != jax.tree_util.tree_structure((tuple(range(inputs)), {})) or out_tree != jax.tree_util.tree_structure(tuple(OUTPUTS)):
+        raise ValueError(f"its trees ({in_tree}, {out_tree}) are not this program's")
     return deserialize_and_load(serialized, in_tree, out_tree, backend=devices[0].client, execution_devices=devices)
 
 
@@ -181,8 +186,9 @@ def program_key(spec, treedef, leaves: Sequence[Any]) -> str | None:
         _host_cpu(),
         # Every JAX flag, not a list of the ones known to change tracing: x64, the PRNG's
         # implementation and seed offset, Shardy, promotion rules... A flag that does not matter
-        # costs a trace when it changes, a missing one a wrong program.
-        repr(sorted((name, repr(value)) for name, value in jax.config.values.items())),
+        # costs a trace when it changes, a missing one a wrong program. But not the cache's own
+        # settings (its path above all): a cache moved, or shared at another mount point, still hits.
+        repr(sorted((name, repr(value)) for name, value in jax.config.values.items() if "cache" not in name)),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
@@ -219,7 +225,10 @@ def _versions() -> str:
 
 
 def _xla_flags() -> str:
-    """The XLA flags the backend was started with, as JAX's own cache key reads them."""
+    """The XLA flags, as JAX's own cache key reads them: from the environment now. XLA read them
+    when the backend started; the launcher never changes them after that
+    (:func:`vi_sweep.launch.devices.prefer_cpu_vector_width`), but a user who changes
+    ``XLA_FLAGS`` in a running process misleads this key as much as JAX's."""
     flags = [os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", "")]
     return repr([*flags, *(arg for arg in sys.argv if arg.startswith("--xla"))])
 
@@ -248,17 +257,18 @@ def _core_digest() -> str:
     return digest.hexdigest()
 
 
-def read_stored(path: Path) -> tuple | None:
-    """The program stored at ``path`` (``serialize``'s bytes and the program's input and output
-    trees), or None if there is none or it cannot be read: a file whose checksum fails (a flipped
-    bit could still load, and run) or that does not unpickle."""
+def read_stored(path: Path, key: str) -> tuple | None:
+    """The program stored at ``path`` under ``key`` (``serialize``'s bytes and the program's input
+    and output trees), or None if there is none or it cannot be read: a file whose checksum fails
+    (a flipped bit could still load, and run), that was stored under another key (copied or
+    renamed), or that does not unpickle."""
     try:
         blob = path.read_bytes()
     except OSError:
         return None
     header, _, body = blob.partition(b"\n")
-    if header != MAGIC + hashlib.sha256(body).hexdigest().encode():
-        log.debug("stored program %s fails its checksum: compiling it again", path)
+    if header != _header(key, body):
+        log.debug("stored program %s fails its checksum or is not %s: compiling it again", path, key)
         return None
     try:
         payload = pickle.loads(body)
@@ -271,7 +281,12 @@ def read_stored(path: Path) -> tuple | None:
     return payload
 
 
-def _write(path: Path, compiled) -> None:
+def _header(key: str, body: bytes) -> bytes:
+    """A stored file's first line: a sha256 over its key and its program, then the key."""
+    return MAGIC + hashlib.sha256(key.encode() + b"\n" + body).hexdigest().encode() + b" " + key.encode()
+
+
+def _write(path: Path, key: str, compiled) -> None:
     """Store ``compiled`` at ``path`` atomically (a temporary file, then a rename); skip if JAX
     cannot serialize it or the cache cannot be written."""
     from jax.experimental.serialize_executable import serialize
@@ -280,7 +295,7 @@ def _write(path: Path, compiled) -> None:
 
     try:
         body = pickle.dumps(serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL)
-        blob = MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+        blob = _header(key, body) + b"\n" + body
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
