@@ -187,6 +187,9 @@ def test_to_yaml_remembers_entries_without_mixing_up_values_python_calls_equal()
     for value in (1, True, 1.0, 0.0, -0.0, None, "1", "true", "", "x y " * 30, [1, True], {}, [], {"deep": 1.0}, {"deep": True}):
         containers.append({"hydra": {"job": {"num": value, "name": "app"}, "run": {"dir": "out"}}, "lr": value, value if isinstance(value, (str, int, float)) else "k": 0})
     containers.append({"twice": shared, "again": shared})  # an anchor and an alias
+    for length in (99, 100, 121, 125, 130):  # PyYAML writes a long key as "? key" then ": value"; libyaml from another length
+        containers.append({"hydra": {"k" * length: {"a": 1}, "b": 2}, "k" * length: 1})
+    containers.append({"hydra": {"": {"a": 1}, "line\nbreak": {"a": 1}}})
     containers.append({"path": pathlib.PurePosixPath("/tmp/x"), "n": 1})  # not a plain value: emitted whole
     for container in containers + containers[::-1]:
         assert to_yaml(container) == python(container), container

@@ -65,10 +65,18 @@ def _libyaml_safe(node: Any) -> bool:
     if isinstance(node, str):
         return _emitters_agree(node)
     if isinstance(node, dict):
-        return all(key != "" and _libyaml_safe(key) and _libyaml_safe(value) for key, value in node.items())
+        return all(_short_key(key) and _libyaml_safe(key) and _libyaml_safe(value) for key, value in node.items())
     if isinstance(node, list):
         return all(_libyaml_safe(item) for item in node)
     return True
+
+
+def _short_key(key: Any) -> bool:
+    """A key both emitters write as ``key: ...`` on one line. PyYAML writes a long key (from about
+    120 characters), an empty one or one that spans lines as ``? key`` and ``: value``, and
+    libyaml does not always agree with it on where that starts."""
+    text = key if isinstance(key, str) else repr(key)
+    return 0 < len(text) < 100 and "\n" not in text
 
 
 def to_yaml(container: Any) -> str:
@@ -99,6 +107,8 @@ def _emit(container: Any) -> str:
 
 def _entry_text(depth: int, frozen_key: Hashable, key: Any, value: Any) -> str:
     """The YAML text of the mapping entry ``key: value`` at ``depth`` (cached by its frozen form)."""
+    if not _short_key(key):  # written as "? key" and ": value": not an entry of its own line
+        raise _NotPlain(key)
     cache_key = (depth, frozen_key, _frozen(value))
     text = _ENTRY_TEXTS.get(cache_key)
     if text is None:
@@ -106,9 +116,10 @@ def _entry_text(depth: int, frozen_key: Hashable, key: Any, value: Any) -> str:
             text = _head_text(depth, frozen_key, key) + "".join(_entry_text(depth + 1, _frozen(k), k, v) for k, v in value.items())
         else:
             text = "".join(_emit(_under(depth, {key: value})).splitlines(keepends=True)[depth:])
-        if len(_ENTRY_TEXTS) >= _ENTRY_TEXTS_MAX:
-            _ENTRY_TEXTS.pop(next(iter(_ENTRY_TEXTS)))  # the oldest: bounded for sweeps of any size
-        _ENTRY_TEXTS[cache_key] = text
+        if len(text) <= _ENTRY_TEXT_MAX_CHARS:  # a large entry is rarely repeated whole (a job's own hydra node)
+            if len(_ENTRY_TEXTS) >= _ENTRY_TEXTS_MAX:
+                _ENTRY_TEXTS.pop(next(iter(_ENTRY_TEXTS)))  # the oldest: bounded for sweeps of any size
+            _ENTRY_TEXTS[cache_key] = text
     return text
 
 
@@ -126,6 +137,7 @@ def _under(depth: int, mapping: dict) -> dict:
 
 _ENTRY_TEXTS: dict[Hashable, str] = {}
 _ENTRY_TEXTS_MAX = 8192
+_ENTRY_TEXT_MAX_CHARS = 1024  # with the frozen keys: at most a few tens of MB
 
 
 class _NotPlain(Exception):
