@@ -415,3 +415,36 @@ def test_chunks_of_baselines_have_their_own_bound_in_flight(monkeypatch):
     batched._run_here(SimpleNamespace(chunks=chunks), ["cpu0", "cpu1"], batched.CompileCounts(), write_chunk, small=small)
     assert peak == {"jobs": batched.CHUNKS_IN_FLIGHT, "baselines": 1}
     assert order == list(range(len(kinds)))  # written in plan order
+
+
+class RecordsJobEvents:
+    """A user's callback: every job start and end, and whether the job's files are in place then."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _record(self, event: str, config) -> None:
+        out_dir = Path(str(config.hydra.runtime.output_dir))
+        with open(self.path, "a", encoding="utf-8") as log:
+            log.write(f"{event} {config.hydra.job.num} {(out_dir / 'metrics.parquet').exists()} {(out_dir / 'params.parquet').exists()}\n")
+
+    def on_job_start(self, config, **kwargs) -> None:
+        self._record("start", config)
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        self._record("end", config)
+
+
+def test_callbacks_see_each_job_start_and_end_in_turn_with_its_files_written_by_its_end(tmp_path):
+    # The launcher composes the next job while this job's files are written on another thread:
+    # a callback must still see start 0, end 0 (files in place), start 1, end 1, ...
+    events = tmp_path / "events.txt"
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "multirun", "lr=0.01,0.02,0.03,0.05,0.1,0.2", *TINY, "hydra.callbacks.sweep_summary.report=false",
+        "+hydra.callbacks.record._target_=tests.test_launcher.RecordsJobEvents", f"+hydra.callbacks.record.path={events}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = events.read_text().splitlines()
+    assert lines == [line for num in range(6) for line in (f"start {num} False False", f"end {num} True True")]
