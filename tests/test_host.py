@@ -8,7 +8,7 @@ import pytest
 
 from vi_sweep.host import available_cores
 from vi_sweep.launch import devices
-from vi_sweep.launch.devices import prefer_cpu_vector_width
+from vi_sweep.launch.devices import backend_started, prefer_cpu_vector_width
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +39,16 @@ def test_no_vector_width_leaves_xla_flags_alone(monkeypatch):
     assert "XLA_FLAGS" not in os.environ
     assert prefer_cpu_vector_width(256)
     assert os.environ["XLA_FLAGS"] == "--xla_cpu_prefer_vector_width=256"
+
+
+def test_the_vector_width_is_not_put_in_xla_flags_once_the_backend_runs(monkeypatch):
+    # XLA read XLA_FLAGS when it started (a notebook that used JAX before its sweep): a flag
+    # added now would do nothing but mislead what reads XLA_FLAGS later.
+    import jax
+
+    jax.devices()
+    assert backend_started()  # the real check, not the fixture's stand-in
+    monkeypatch.setattr(devices, "backend_started", lambda: True)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert prefer_cpu_vector_width(512) is False
+    assert "XLA_FLAGS" not in os.environ

@@ -42,7 +42,7 @@ def prefer_cpu_vector_width(bits: int | None) -> bool:
     """
     if bits is None or backend_started():
         # Once started, XLA does not read XLA_FLAGS again: setting it would only mislead what
-        # reads it later (the key of a stored program, JAX's own cache key).
+        # reads it later (JAX's persistent cache key reads it from the environment).
         return False
     flags = os.environ.get("XLA_FLAGS", "")
     if XLA_VECTOR_WIDTH_FLAG in flags:
@@ -112,7 +112,7 @@ def start_batch(spec, traced: Sequence[dict], devices, runs_per_stream: int = 1)
     laid out stream by stream (their number a multiple of the device count), the stream axis
     sharded over ``devices``. Returns futures in :data:`vi_sweep.launch.programs.OUTPUTS` order
     (:func:`vi_sweep.launch.programs.stream_program`: ``jit(vmap(make_stream_train(spec)))``,
-    its compiled form kept on disk beside JAX's compilation cache)."""
+    its traced form kept on disk beside JAX's compilation cache)."""
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 

@@ -1,32 +1,27 @@
-"""The launcher's batched training programs, compiled once and kept on disk beside JAX's compilation cache.
+"""The launcher's batched training programs, traced once and kept on disk beside JAX's compilation cache.
 
 A warm sweep's compiles are hits in JAX's persistent compilation cache, but JAX still traces
 and lowers every program before it can look the compiled one up: ``vmap`` of ``scan`` of the
 trainer's step, batched primitive by primitive, 0.4-1 s a program on this machine (the
 reference grid has four), all of it on the thread that writes the job directories. So the
-launcher keeps each compiled program itself (:mod:`jax.experimental.serialize_executable`, the
-executable JAX's own cache holds, with its input and output trees): the first time a program is
-needed it is traced, lowered, compiled and serialized into
-``<compilation cache>/vi_sweep-programs/``; a later sweep loads it (~0.1 s: no tracing, no
-lowering, no lookup in JAX's cache). A cold and a warm sweep run the same executable, so they
-give the same bits, and the same bits as plain ``jit``.
+launcher calls each program through :mod:`jax.export`: the first time a program is needed it is
+traced, lowered and serialized (StableHLO) into ``<compilation cache>/vi_sweep-programs/``; a
+later sweep deserializes it (a few ms) and JAX lowers only a thin call around it (~0.1 s), whose
+compiled form is again a persistent-cache hit. The same path with or without a file on disk,
+so a cold and a warm sweep run the same compiled program and give the same bits.
 
-A stored program is found by a key of everything that shapes the compiled program:
+A stored program is found by a key of everything that shapes the traced program:
 the trainer's code and data (every file under ``vi_sweep/core``, and this module), jax, jaxlib,
 optax and numpy versions, the :class:`~vi_sweep.core.trainer.TrainSpec`, the inputs' tree,
-shapes, dtypes and shardings, the devices in their order, the backend and its version, the
-compiler options, ``XLA_FLAGS`` (and ``--xla`` arguments), the host's CPU (an executable for
-one CPU's instructions must not run on another's, on a cache shared over a cluster's file
-system), and every JAX flag (x64, the PRNG's implementation and seed offset, Shardy, ...). A spec
-whose optimizer, target or estimator is not a function defined in ``vi_sweep/core`` (a user's
-registry entry, whose code the key cannot see) is traced every time, as is everything when JAX
-has no local compilation cache directory or runs without jit. A stored file carries a sha256 of
-its program: one that fails it, cannot be read or does not load is traced again and replaced; a
-program JAX cannot serialize, or a cache that cannot be written, is skipped. At worst the
-tracing a sweep did before, never another program. A stored program is loaded as JAX loads its
-cache entries: trust the cache directory as you trust JAX's. Not covered: a ``vi_sweep/core``
-file edited between the sweep's start and its first program's key (the digest reads the files
-then).
+shapes, dtypes and shardings, the devices, the compiler options, and every JAX flag (x64, the
+PRNG's implementation and seed offset, Shardy, ...). A spec whose optimizer, target or estimator
+is not a function defined in ``vi_sweep/core`` (a user's registry entry, whose code the key
+cannot see) is traced every time, as is everything when JAX has no local compilation cache
+directory, runs without jit, or ``flatbuffers`` (jax.export's serialization) is missing. A
+stored file carries a sha256 of its program: one that fails it, cannot be deserialized or does
+not compile is traced again and replaced; a cache that cannot be written is skipped. At worst
+the tracing a sweep did before, never another program. Not covered: a ``vi_sweep/core`` file
+edited between the sweep's start and its first program's key (the digest reads the files then).
 
 Output of every program: a flat tuple in :data:`OUTPUTS` order (``diverged_at``, the rows'
 columns, the final parameters), each ``(streams, runs per stream, ...)``: what the launcher
@@ -41,9 +36,6 @@ import functools
 import hashlib
 import logging
 import os
-import pickle
-import platform
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -56,8 +48,8 @@ OUTPUTS = ("diverged_at", *Rows._fields, *FINAL_PARAMS)
 """The order of a program's outputs."""
 
 PROGRAMS_SUBDIR = "vi_sweep-programs"
-SUFFIX = ".executable"
-MAGIC = b"vi_sweep program sha256="  # a file's first line: this, the sha256 of its key and the program after it, a space, its key
+SUFFIX = ".jaxexport"
+MAGIC = b"vi_sweep program sha256="  # a file's first line: this, then the sha256 of the serialized program after it
 
 CORE_DIR = Path(__file__).resolve().parent.parent / "core"
 
@@ -108,46 +100,31 @@ def forget_loaded() -> None:
 def _stored(spec, treedef, key: str, directory: str, leaves: tuple) -> Callable:
     if key in _STORED:
         return _STORED[key]
+    import jax
+
     path = Path(directory) / f"{key}{SUFFIX}"
-    devices = execution_devices(leaves)
-    program = None
-    payload = read_stored(path, key)
-    if payload is not None:
+    exported = read_stored(path)
+    if exported is not None:
         try:
-            program = _loaded(payload, devices, len(leaves))
-        except Exception as err:  # noqa: BLE001 - its checksum holds but XLA cannot load it here: compile again
-            log.debug("stored program %s does not load (%s): compiling it again", path, err)
-    if program is None:
-        program = _traced_each_time(spec, treedef).lower(*leaves).compile()  # an error here is the trainer's own: raised
-        _write(path, key, program)
+            program = _compiled(exported, leaves)
+        except Exception as err:  # noqa: BLE001 - its checksum holds but its StableHLO does not parse here: trace again
+            log.debug("stored program %s does not compile (%s): tracing it again", path, err)
+            exported = None
+    if exported is None:
+        exported = jax.export.export(jax.jit(_flat_outputs(spec, treedef)), platforms=[_platform(leaves)])(*leaves)
+        program = _compiled(exported, leaves)  # an error here is the trainer's own: raised
+        _write(path, exported)  # only a program that compiled
     _STORED[key] = program
     return program
 
 
-def _loaded(payload: tuple, devices: Sequence[Any], inputs: int) -> Callable:
-    """The compiled program ``payload`` (``serialize``'s bytes, input and output trees) loaded onto
-    ``devices``; raises if its trees do not fit ``inputs`` flat inputs and :data:`OUTPUTS` (a
-    program that would load and then fail when called)."""
-    import jax
-    from jax.experimental.serialize_executable import deserialize_and_load
+def _compiled(exported, leaves: tuple) -> Callable:
+    """``exported`` lowered and compiled for ``leaves`` (the persistent compilation cache's hit on
+    a warm cache), with the trainer's compiler options. The key fixes the shapes, dtypes and
+    shardings, so the compiled program serves every later call with this key."""
+    from vi_sweep.core.trainer import trainer_jit
 
-    serialized, in_tree, out_tree = payload
-    if in_tree != jax.tree_util.tree_structure((tuple(range(inputs)), {})) or out_tree != jax.tree_util.tree_structure(tuple(OUTPUTS)):
-        raise ValueError(f"its trees ({in_tree}, {out_tree}) are not this program's")
-    return deserialize_and_load(serialized, in_tree, out_tree, backend=devices[0].client, execution_devices=devices)
-
-
-def execution_devices(leaves: Sequence[Any]) -> list:
-    """The devices the program runs on, in the order of its device assignment: a mesh's order
-    for a ``NamedSharding`` (the launcher's sharded chunks), else by id."""
-    import jax
-
-    for leaf in leaves:
-        mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
-        if mesh is not None:
-            return list(mesh.devices.flat)
-    found = sorted({device for leaf in leaves for device in _devices_of(leaf)}, key=lambda device: device.id)
-    return found or [jax.local_devices()[0]]
+    return trainer_jit(exported.call).lower(*leaves).compile()
 
 
 def programs_dir() -> Path | None:
@@ -156,13 +133,23 @@ def programs_dir() -> Path | None:
     import jax
 
     cache_dir = jax.config.jax_compilation_cache_dir
-    if not cache_dir or "://" in str(cache_dir):  # a remote cache (gs://...) is JAX's to reach, not a path here
+    if not cache_dir or "://" in str(cache_dir) or not _can_serialize():  # a remote cache (gs://...) is JAX's to reach, not a path here
         return None
     return Path(cache_dir) / PROGRAMS_SUBDIR
 
 
+@functools.lru_cache(maxsize=None)
+def _can_serialize() -> bool:
+    try:
+        import flatbuffers  # noqa: F401 - jax.export's serialization needs it
+    except ImportError:
+        log.debug("flatbuffers is not installed: the trainer's programs are traced on every sweep")
+        return False
+    return True
+
+
 def program_key(spec, treedef, leaves: Sequence[Any]) -> str | None:
-    """A hex digest of everything that shapes the compiled program (see the module docstring), or
+    """A hex digest of everything that shapes the traced program (see the module docstring), or
     None if the spec uses code outside ``vi_sweep.core`` (a user's registry entry) or JAX runs
     without jit (``jax_disable_jit``: nothing to store)."""
     import jax
@@ -171,24 +158,19 @@ def program_key(spec, treedef, leaves: Sequence[Any]) -> str | None:
 
     if jax.config.jax_disable_jit or not _own_code(spec):
         return None
-    devices = execution_devices(leaves)
-    backend = devices[0].client
+    devices = sorted({device for leaf in leaves for device in _devices_of(leaf)}, key=lambda device: device.id)
     parts = [
         _versions(),
         _core_digest(),
         repr(spec),
         str(treedef),
         repr([(tuple(leaf.shape), str(leaf.dtype), str(getattr(leaf, "sharding", None))) for leaf in leaves]),
-        repr([(device.platform, device.device_kind, device.id, device.process_index) for device in devices]),  # in assignment order
-        f"{backend.platform} {backend.platform_version}",
+        repr([(device.platform, device.device_kind, device.id) for device in devices]),
         repr(sorted((trainer_compiler_options() or {}).items())),
-        _xla_flags(),
-        _host_cpu(),
         # Every JAX flag, not a list of the ones known to change tracing: x64, the PRNG's
         # implementation and seed offset, Shardy, promotion rules... A flag that does not matter
-        # costs a trace when it changes, a missing one a wrong program. But not the cache's own
-        # settings (its path above all): a cache moved, or shared at another mount point, still hits.
-        repr(sorted((name, repr(value)) for name, value in jax.config.values.items() if "cache" not in name)),
+        # costs a trace when it changes, a missing one a wrong program.
+        repr(sorted((name, repr(value)) for name, value in jax.config.values.items())),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
@@ -214,6 +196,15 @@ def _devices_of(leaf) -> Sequence[Any]:
     return sorted(sharding.device_set, key=lambda device: device.id) if sharding is not None else []
 
 
+def _platform(leaves: Sequence[Any]) -> str:
+    import jax
+
+    for leaf in leaves:
+        for device in _devices_of(leaf):
+            return device.platform
+    return jax.default_backend()
+
+
 @functools.lru_cache(maxsize=None)
 def _versions() -> str:
     import jax
@@ -222,27 +213,6 @@ def _versions() -> str:
     import optax
 
     return f"jax {jax.__version__} jaxlib {jaxlib.__version__} optax {optax.__version__} numpy {numpy.__version__}"
-
-
-def _xla_flags() -> str:
-    """The XLA flags, as JAX's own cache key reads them: from the environment now. XLA read them
-    when the backend started; the launcher never changes them after that
-    (:func:`vi_sweep.launch.devices.prefer_cpu_vector_width`), but a user who changes
-    ``XLA_FLAGS`` in a running process misleads this key as much as JAX's."""
-    flags = [os.environ.get("XLA_FLAGS", ""), os.environ.get("LIBTPU_INIT_ARGS", "")]
-    return repr([*flags, *(arg for arg in sys.argv if arg.startswith("--xla"))])
-
-
-@functools.lru_cache(maxsize=None)
-def _host_cpu() -> str:
-    """The host's CPU: its model and instruction-set flags (Linux), else what ``platform`` knows.
-    XLA:CPU compiles for the CPU it runs on."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
-            lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip() for line in file if ":" in line}
-        return repr((platform.machine(), lines.get("model name", ""), lines.get("flags", lines.get("Features", ""))))
-    except OSError:
-        return repr((platform.machine(), platform.processor()))
 
 
 @functools.lru_cache(maxsize=None)
@@ -257,45 +227,33 @@ def _core_digest() -> str:
     return digest.hexdigest()
 
 
-def read_stored(path: Path, key: str) -> tuple | None:
-    """The program stored at ``path`` under ``key`` (``serialize``'s bytes and the program's input
-    and output trees), or None if there is none or it cannot be read: a file whose checksum fails
-    (a flipped bit could still load, and run), that was stored under another key (copied or
-    renamed), or that does not unpickle."""
+def read_stored(path: Path):
+    """The program stored at ``path``, or None if there is none or it cannot be read: a file
+    whose checksum fails (a flipped bit could still parse, and run) or that JAX cannot deserialize."""
+    import jax
+
     try:
         blob = path.read_bytes()
     except OSError:
         return None
     header, _, body = blob.partition(b"\n")
-    if header != _header(key, body):
-        log.debug("stored program %s fails its checksum or is not %s: compiling it again", path, key)
+    if header != MAGIC + hashlib.sha256(body).hexdigest().encode():
+        log.debug("stored program %s fails its checksum: tracing it again", path)
         return None
     try:
-        payload = pickle.loads(body)
-    except Exception as err:  # noqa: BLE001 - a file of another jax: compile again
-        log.debug("stored program %s unreadable (%s): compiling it again", path, err)
+        return jax.export.deserialize(bytearray(body))
+    except Exception as err:  # noqa: BLE001 - a file of another jax: trace again
+        log.debug("stored program %s unreadable (%s): tracing it again", path, err)
         return None
-    if not (isinstance(payload, tuple) and len(payload) == 3 and isinstance(payload[0], bytes)):
-        log.debug("stored program %s holds no program: compiling it again", path)
-        return None
-    return payload
 
 
-def _header(key: str, body: bytes) -> bytes:
-    """A stored file's first line: a sha256 over its key and its program, then the key."""
-    return MAGIC + hashlib.sha256(key.encode() + b"\n" + body).hexdigest().encode() + b" " + key.encode()
-
-
-def _write(path: Path, key: str, compiled) -> None:
-    """Store ``compiled`` at ``path`` atomically (a temporary file, then a rename); skip if JAX
-    cannot serialize it or the cache cannot be written."""
-    from jax.experimental.serialize_executable import serialize
-
+def _write(path: Path, exported) -> None:
+    """Store ``exported`` at ``path`` atomically (a temporary file, then a rename); skip if the cache cannot be written."""
     from vi_sweep.store.metrics import current_umask
 
     try:
-        body = pickle.dumps(serialize(compiled), protocol=pickle.HIGHEST_PROTOCOL)
-        blob = _header(key, body) + b"\n" + body
+        body = bytes(exported.serialize())
+        blob = MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -306,5 +264,5 @@ def _write(path: Path, key: str, compiled) -> None:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-    except Exception as err:  # noqa: BLE001 - a cache: a program JAX cannot serialize, a read-only or full disk only cost the next sweep its tracing
+    except Exception as err:  # noqa: BLE001 - a cache: a read-only or full disk only costs the next sweep its tracing
         log.debug("could not store program %s (%s)", path, err)
