@@ -207,3 +207,13 @@ def test_a_wrapped_user_function_is_not_mistaken_for_vi_sweeps_own(monkeypatch):
     assert programs.program_key(spec, treedef, hyper_leaves) is not None
     monkeypatch.setitem(optimizers.OPTIMIZERS, "adam", not_adam)
     assert programs.program_key(spec, treedef, hyper_leaves) is None
+
+
+def test_a_moved_cache_still_finds_its_programs(tmp_path, monkeypatch):
+    spec, traced = batch()
+    with jax_cache_dir(tmp_path / "here"):
+        reference = trained(spec, traced)
+    (tmp_path / "here").rename(tmp_path / "moved")
+    with jax_cache_dir(tmp_path / "moved"), monkeypatch.context() as patched:
+        patched.setattr(programs, "_flat_outputs", never_trace)
+        assert_same(trained(spec, traced), reference)

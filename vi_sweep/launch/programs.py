@@ -13,7 +13,7 @@ so a cold and a warm sweep run the same compiled program and give the same bits.
 A stored program is found by a key of everything that shapes the traced program:
 the trainer's code and data (every file under ``vi_sweep/core``, and this module), jax, jaxlib,
 optax and numpy versions, the :class:`~vi_sweep.core.trainer.TrainSpec`, the inputs' tree,
-shapes, dtypes and shardings, the devices, the compiler options, and every JAX flag (x64, the
+shapes, dtypes and shardings, the devices, the compiler options, and every JAX flag but the compilation cache's own (x64, the
 PRNG's implementation and seed offset, Shardy, ...). A spec whose optimizer, target or estimator
 is not a function defined in ``vi_sweep/core`` (a user's registry entry, whose code the key
 cannot see) is traced every time, as is everything when JAX has no local compilation cache
@@ -169,8 +169,10 @@ def program_key(spec, treedef, leaves: Sequence[Any]) -> str | None:
         repr(sorted((trainer_compiler_options() or {}).items())),
         # Every JAX flag, not a list of the ones known to change tracing: x64, the PRNG's
         # implementation and seed offset, Shardy, promotion rules... A flag that does not matter
-        # costs a trace when it changes, a missing one a wrong program.
-        repr(sorted((name, repr(value)) for name, value in jax.config.values.items())),
+        # costs a trace when it changes, a missing one a wrong program. But not the compilation
+        # cache's own settings (its path above all): none changes a traced program, and a cache
+        # moved, or shared at another mount point, must still find its programs.
+        repr(sorted((name, repr(value)) for name, value in jax.config.values.items() if "cache" not in name)),
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
