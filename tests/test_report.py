@@ -115,6 +115,46 @@ def test_figures_call_overlays_with_panel_coordinates(story_sweep):
     assert curves[0].facet == {"lr": 0.2, "num_mc": 1} and set(curves[0].data["step"]) == set(row_steps(2000, 200)[0])
 
 
+def test_log_axes_label_their_ticks_in_plain_text_with_superscripts_not_mathtext(story_sweep):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vi_sweep.analysis import load_trajectories
+    from vi_sweep.analysis.figures import compare_curves, paper_style
+
+    sweep = read_sweep(story_sweep)
+    runs = load_sweep(story_sweep)
+    cells = phase_table(runs)
+    from vi_sweep.analysis.references import exact_baselines
+
+    references = exact_baselines(sweep)
+    figures = {
+        "excess_over_exact": excess_heatmap(cells),  # its colour bar is a log axis
+        "sigma": sigma_statistics(runs),
+        "kl_curves": kl_curves(runs, sweep.trajectories, references.trajectories, [{"lr": 0.2, "num_mc": 1}]),
+        "compare_curves": compare_curves(load_trajectories(story_sweep), ["kl_excess"], series=["num_mc"], facet_by=["lr"]),
+    }
+    for name, figure in figures.items():
+        FigureCanvasAgg(figure)
+        with paper_style():
+            figure.canvas.draw()
+        labels = [label.get_text() for ax in figure.axes for axis in (ax.xaxis, ax.yaxis) for label in axis.get_ticklabels(which="both")]
+        shown = [text for text in labels if text]
+        assert shown, name
+        assert not [text for text in shown if "$" in text], (name, shown)  # no mathtext left
+        assert any(text.startswith("10") and text[2:3] in "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079" for text in shown), (name, shown)
+
+
+def test_text_log_labels_read_as_matplotlibs_mathtext_did():
+    from vi_sweep.analysis.figures import _mathtext_as_text
+
+    assert _mathtext_as_text(r"$\mathdefault{10^{-3}}$") == "10\u207b\u00b3"
+    assert _mathtext_as_text(r"$\mathdefault{10^{0}}$") == "10\u2070"
+    assert _mathtext_as_text(r"$\mathdefault{10^{12}}$") == "10\u00b9\u00b2"
+    assert _mathtext_as_text(r"$\mathdefault{2\times10^{-3}}$") == "2\u00d710\u207b\u00b3"
+    assert _mathtext_as_text(r"$\mathdefault{0}$") == r"$\mathdefault{0}$"  # anything else is left to matplotlib
+    assert _mathtext_as_text("") == ""
+
+
 def test_compare_curves_draws_a_line_per_series_in_a_panel_per_facet_and_value(story_sweep):
     from vi_sweep.analysis import load_trajectories
     from vi_sweep.analysis.figures import compare_curves
