@@ -108,6 +108,22 @@ def test_the_job_return_and_the_callbacks_are_run_jobs(compose, tmp_path):
     assert hydra_b == OmegaConf.to_yaml(a.hydra_cfg)
 
 
+def test_a_task_that_reads_no_config_gets_none_and_its_return_still_holds_run_jobs_task_config(compose, tmp_path):
+    import pickle
+
+    (_, a), _ = both(compose, tmp_path)
+    cfg, context = compose(tmp_path / "c")
+    seen = []
+    c = write_job_dir(context, cfg, tmp_path / "c" / "7", lambda task_cfg: seen.append(task_cfg) or "done", task_reads_config=False)
+    assert seen == [None] and c.status == JobStatus.COMPLETED and c.return_value == "done"
+    assert OmegaConf.to_yaml(c.cfg) == OmegaConf.to_yaml(a.cfg)  # made when read, the same as run_job's
+    assert _adds_a_key(c.cfg) is False  # struct, as run_job's
+    again = pickle.loads(pickle.dumps(c))
+    assert OmegaConf.to_yaml(again.cfg) == OmegaConf.to_yaml(a.cfg) and again.return_value == "done"
+    c.cfg = None  # a field like any other
+    assert c.cfg is None
+
+
 def test_a_failing_task_is_a_failed_return_not_an_exception(compose, tmp_path):
     def fails(cfg):
         raise RuntimeError("boom")

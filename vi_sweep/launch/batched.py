@@ -546,19 +546,20 @@ def write_job(
     """
     failed_write: list[OSError] = []
 
-    def write_rows(task_cfg: DictConfig) -> dict[str, Any]:
+    def write_rows(_: None) -> dict[str, Any]:
         _quiet_console()
         try:
             # on_landed as soon as the run file is complete (a rerun resumes it, whatever happens
-            # next): a Ctrl-C during the job's summary must count it as written.
+            # next): a Ctrl-C during the job's summary must count it as written. The job's values
+            # are at hand (job.task_values): no task config is made for it.
             return finish_job(
-                job.out_dir, task_cfg, job.fields, job.scenario, rows, diverged_at, echo=False, task_values=job.task_values, on_written=on_landed
+                job.out_dir, None, job.fields, job.scenario, rows, diverged_at, echo=False, task_values=job.task_values, on_written=on_landed
             )
         except OSError as err:
             failed_write.append(err)
             raise
 
-    ret = write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows)
+    ret = write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows, task_reads_config=False)
     if failed_write:
         raise failed_write[0]
     return ret

@@ -58,7 +58,7 @@ def format_row(rows: Mapping[str, np.ndarray], i: int) -> str:
 
 def finish_job(
     out_dir: str | Path,
-    cfg: DictConfig,
+    cfg: Optional[DictConfig],
     fields: Mapping[str, Any],
     scenario: str,
     rows: Mapping[str, np.ndarray],
@@ -83,6 +83,7 @@ def finish_job(
     write_params(out_dir, rows["final_mu"], rows["final_log_sigma"], fields)
     table = metrics_table(rows, fields, diverged_at, scenario)
     if task_values is None:
+        assert cfg is not None, "finish_job needs the job's config or its task_values"
         task_values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}  # type: ignore[union-attr]
     resolved = {**task_values, "scenario": scenario}
     path = write_metrics(out_dir, table, resolved_config=resolved, fields=fields)
