@@ -95,6 +95,31 @@ def test_the_job_log_gets_the_same_lines(compose, tmp_path):
     assert lines(dir_b / "vi_sweep.log") == lines(dir_a / "vi_sweep.log") == ["[time][vi_sweep][INFO] - training lr=0.3"]
 
 
+def test_a_job_logging_config_with_interpolations_anywhere_is_resolved_as_run_jobs(compose, tmp_path):
+    def debug_task(cfg) -> None:
+        logging.getLogger("vi_sweep.deep").debug("debug line, shown by hydra.verbose")
+        logging.getLogger("vi_sweep").info("training lr=%s", cfg.lr)
+
+    overrides = (
+        "hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/custom_${hydra.job.num}.log",
+        "hydra.job_logging.root.handlers=[console,${oc.env:VI_SWEEP_TEST_HANDLER,file}]",  # inside a list
+        "hydra.job_logging.formatters.simple.format='${hydra.job.name}|%(name)s|%(message)s'",
+        "hydra.verbose=[vi_sweep.deep]",
+    )
+    levels = []
+    for name in ("a", "b"):
+        cfg, context = compose(tmp_path / name, *overrides)
+        if name == "a":
+            run_job(debug_task, cfg, "hydra.sweep.dir", "hydra.sweep.subdir", hydra_context=context)
+        else:
+            write_job_dir(context, cfg, tmp_path / name / "7", debug_task)
+        levels.append(logging.getLogger("vi_sweep.deep").level)
+        logging.getLogger("vi_sweep.deep").setLevel(logging.NOTSET)
+    written = [(tmp_path / name / "7" / "custom_7.log").read_text().splitlines() for name in ("a", "b")]
+    assert written[0] == written[1] == ["vi_sweep|vi_sweep.deep|debug line, shown by hydra.verbose", "vi_sweep|vi_sweep|training lr=0.3"]
+    assert levels == [logging.DEBUG, logging.DEBUG]
+
+
 def test_the_job_return_and_the_callbacks_are_run_jobs(compose, tmp_path):
     (_, a), (_, b) = both(compose, tmp_path)
     assert SEEN[:2] == SEEN[2:] == [("start", (0.3, 7, "set")), ("end", (0.3, JobStatus.COMPLETED, {"lr": 0.3, "cwd": os.getcwd()}))]
