@@ -144,6 +144,21 @@ def test_log_axes_label_their_ticks_in_plain_text_with_superscripts_not_mathtext
         assert any(text.startswith("10") and text[2:3] in "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079" for text in shown), (name, shown)
 
 
+def test_a_colour_bar_keeps_its_text_labels_when_its_scale_changes(story_sweep):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vi_sweep.analysis.figures import TextLogFormatter
+
+    figure = excess_heatmap(phase_table(load_sweep(story_sweep)))
+    FigureCanvasAgg(figure)
+    bar_axes = [ax for ax in figure.axes if ax.get_label() == "<colorbar>"]
+    assert bar_axes
+    bar_axes[0]._colorbar.mappable.set_clim(1e-5, 1.0)  # a notebook user rescales the colours
+    figure.canvas.draw()
+    assert isinstance(bar_axes[0].yaxis.get_major_formatter(), TextLogFormatter)
+    assert not [t.get_text() for t in bar_axes[0].yaxis.get_ticklabels() if "$" in t.get_text()]
+
+
 def test_text_log_labels_read_as_matplotlibs_mathtext_did():
     from vi_sweep.analysis.figures import _mathtext_as_text
 

@@ -19,7 +19,6 @@ categorical, so a stability boundary ``lr*(num_mc)`` is drawn with
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import re
 import warnings
@@ -128,7 +127,9 @@ class TextLogFormatter(LogFormatterSciNotation):
     """
 
     def __call__(self, x, pos=None) -> str:
-        return _mathtext_as_text(super().__call__(x, pos))
+        label = super().__call__(x, pos)
+        # LaTeX (text.usetex, a user's rc in a notebook) knows no superscript characters: mathtext it is.
+        return label if mpl.rcParams["text.usetex"] else _mathtext_as_text(label)
 
 
 _SUPERSCRIPT = str.maketrans("-0123456789", "\u207b\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079")
@@ -147,15 +148,15 @@ def _mathtext_as_text(label: str) -> str:
 
 def text_log_labels(fig: Figure) -> None:
     """Give every log axis of ``fig`` (colour bars included) :class:`TextLogFormatter` labels,
-    keeping each formatter's settings (labelled decades, minor thresholds)."""
+    keeping each formatter's settings (labelled decades, minor thresholds).
+
+    The formatter itself becomes one (a subclass with no state of its own), not a copy: a colour
+    bar keeps its formatter and puts it back when its image changes (``set_clim``)."""
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
-            for get, put in ((axis.get_major_formatter, axis.set_major_formatter), (axis.get_minor_formatter, axis.set_minor_formatter)):
-                formatter = get()
+            for formatter in (axis.get_major_formatter(), axis.get_minor_formatter()):
                 if type(formatter) is LogFormatterSciNotation:
-                    text = copy.copy(formatter)
-                    text.__class__ = TextLogFormatter  # a subclass with no state of its own: the same settings
-                    put(text)
+                    formatter.__class__ = TextLogFormatter
 
 
 def finish_layout(fig: Figure) -> None:
