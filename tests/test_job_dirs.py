@@ -13,7 +13,7 @@ from hydra._internal.callbacks import Callbacks
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra._internal.utils import create_config_search_path
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobRuntime, JobStatus, run_job
+from hydra.core.utils import JobReturn, JobRuntime, JobStatus, run_job
 from hydra.experimental.callback import Callback
 from hydra.types import HydraContext, RunMode
 from omegaconf import OmegaConf, open_dict
@@ -134,6 +134,7 @@ def test_the_job_return_and_the_callbacks_are_run_jobs(compose, tmp_path):
 
 
 def test_a_task_that_reads_no_config_gets_none_and_its_return_still_holds_run_jobs_task_config(compose, tmp_path):
+    import dataclasses
     import pickle
 
     (_, a), _ = both(compose, tmp_path)
@@ -144,7 +145,9 @@ def test_a_task_that_reads_no_config_gets_none_and_its_return_still_holds_run_jo
     assert OmegaConf.to_yaml(c.cfg) == OmegaConf.to_yaml(a.cfg)  # made when read, the same as run_job's
     assert _adds_a_key(c.cfg) is False  # struct, as run_job's
     again = pickle.loads(pickle.dumps(c))
+    assert type(again) is JobReturn  # a plain JobReturn: a pickle that loads without vi_sweep
     assert OmegaConf.to_yaml(again.cfg) == OmegaConf.to_yaml(a.cfg) and again.return_value == "done"
+    assert dataclasses.replace(c, working_dir="elsewhere").working_dir == "elsewhere"
     c.cfg = None  # a field like any other
     assert c.cfg is None
 

@@ -21,6 +21,7 @@ No JAX here.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -256,12 +257,14 @@ def _task_config(cfg: DictConfig, task_keys: list) -> DictConfig:
 class _JobReturn(JobReturn):
     """A :class:`JobReturn` whose ``cfg`` (the task's config) is made on first read. Hydra's basic
     sweeper never reads it, nor does a searching sweeper (they read ``return_value``); a
-    callback or sweeper that does gets the same config ``run_job`` would have given it. Pickled
-    (a submitit worker's return, a sweeper's checkpoint) it is made first: a plain value then."""
+    callback or sweeper that does gets the config ``run_job`` would have given it -- unless a
+    callback changed the job's config in ``on_job_start`` or ``on_job_end`` (``run_job`` copies it
+    before either; the copy here is made when read). Pickled (Hydra's ``PickleJobInfoCallback``,
+    a sweeper's checkpoint) it is a plain :class:`JobReturn`, its ``cfg`` made first."""
 
-    def __init__(self, make_cfg: Callable[[], DictConfig]) -> None:
-        super().__init__()
-        self._make_cfg: Callable[[], DictConfig] | None = make_cfg
+    def __init__(self, make_cfg: Callable[[], DictConfig] | None = None, /, **fields: Any) -> None:
+        super().__init__(**fields)  # dataclasses.replace passes every field
+        self._make_cfg: Callable[[], DictConfig] | None = make_cfg if "cfg" not in fields else None
 
     @property  # type: ignore[override]
     def cfg(self) -> DictConfig | None:  # noqa: D102 - JobReturn's field
@@ -273,6 +276,5 @@ class _JobReturn(JobReturn):
     def cfg(self, value: DictConfig | None) -> None:
         self._cfg, self._make_cfg = value, None
 
-    def __getstate__(self) -> dict:
-        self.cfg  # noqa: B018 - made before pickling: the maker is a closure
-        return self.__dict__
+    def __reduce__(self):
+        return JobReturn, (), {field.name: getattr(self, field.name) for field in dataclasses.fields(JobReturn)}
