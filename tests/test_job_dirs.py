@@ -152,6 +152,28 @@ def test_a_task_that_reads_no_config_gets_none_and_its_return_still_holds_run_jo
     assert c.cfg is None
 
 
+def test_a_job_written_from_a_reused_config_returns_configs_of_its_own(compose, tmp_path):
+    (_, a), _ = both(compose, tmp_path)
+    shared, context = compose(tmp_path / "c")
+    made = []
+
+    def own_config():
+        cfg, _ = compose(tmp_path / "c")
+        made.append(cfg)
+        return cfg
+
+    c = write_job_dir(context, shared, tmp_path / "c" / "7", lambda _: "done", task_reads_config=False, own_config=own_config)
+    assert made == []  # nothing made until read
+    with open_dict(shared):
+        shared.lr = 99.0  # the caller reuses it for its next job
+    hydra_c = c.hydra_cfg
+    assert made == [hydra_c] and hydra_c is not shared and hydra_c.lr == 0.3
+    assert hydra_c.hydra.runtime.output_dir == str(tmp_path / "c" / "7") and OmegaConf.is_readonly(hydra_c.hydra)
+    hydra_a = OmegaConf.to_yaml(OmegaConf.masked_copy(hydra_c, ["hydra"])).replace(str(tmp_path / "c"), str(tmp_path / "a"))
+    assert hydra_a == OmegaConf.to_yaml(a.hydra_cfg)
+    assert OmegaConf.to_yaml(c.cfg) == OmegaConf.to_yaml(a.cfg) and len(made) == 1  # the task config: a copy of it
+
+
 def test_a_failing_task_is_a_failed_return_not_an_exception(compose, tmp_path):
     def fails(cfg):
         raise RuntimeError("boom")

@@ -448,3 +448,45 @@ def test_callbacks_see_each_job_start_and_end_in_turn_with_its_files_written_by_
     assert result.returncode == 0, result.stderr
     lines = events.read_text().splitlines()
     assert lines == [line for num in range(6) for line in (f"start {num} False False", f"end {num} True True")]
+
+
+class RecordsConfigs:
+    """A user's callback that says whether it keeps the job configs it is given
+    (``VI_SWEEP_TEST_KEEPS``: 1 or 0) and records, per job, the config's identity and a few values."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.keeps_job_config = os.environ.get("VI_SWEEP_TEST_KEEPS") != "0"
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        with open(self.path, "a", encoding="utf-8") as log:
+            log.write(f"{id(config)} {config.hydra.job.num} {config.lr} {config.hydra.runtime.output_dir}\n")
+
+
+def test_jobs_written_from_a_reused_config_have_the_files_of_jobs_written_from_their_own(tmp_path):
+    # A callback that keeps no job config lets the launcher write each job from one config reused
+    # for its shape (two shapes here: adam and sgd); one that may keep it gets a config per job.
+    # The job directories are the same byte for byte, and each callback saw each job's own values.
+    seen = {}
+    for keeps in ("0", "1"):
+        sweep = tmp_path / f"keeps{keeps}"
+        result = run_cli(
+            "multirun", "lr=0.01,0.1", "optimizer=adam,sgd", "num_mc=1,4", *[o for o in TINY if not o.startswith("num_mc")],
+            "hydra.callbacks.sweep_summary.report=false",
+            "+hydra.callbacks.record._target_=tests.test_launcher.RecordsConfigs", f"+hydra.callbacks.record.path={tmp_path / f'events{keeps}.txt'}",
+            f"hydra.sweep.dir={sweep}",
+            env={"VI_SWEEP_TEST_KEEPS": keeps},
+        )
+        assert result.returncode == 0, result.stderr
+        seen[keeps] = [line.split() for line in (tmp_path / f"events{keeps}.txt").read_text().splitlines()]
+    reused, own = seen["0"], seen["1"]
+    assert len({config for config, *_ in reused}) == 2 and len({config for config, *_ in own}) == 8  # one config per shape / per job
+    assert [values[:2] for _, *values in reused] == [values[:2] for _, *values in own]  # each job's own number and lr
+    assert all(Path(output_dir).name == num for _, num, _, output_dir in reused) and len(reused) == 8  # the job's own dir
+    a, b = tmp_path / "keeps0", tmp_path / "keeps1"
+    for job in range(8):
+        for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            text = (a / str(job) / ".hydra" / name).read_text().replace(str(a), str(b)).replace("events0", "events1")
+            assert text == (b / str(job) / ".hydra" / name).read_text(), (job, name)
+        for name in ("metrics.parquet", "params.parquet"):
+            assert pq.read_table(a / str(job) / name).equals(pq.read_table(b / str(job) / name)), (job, name)

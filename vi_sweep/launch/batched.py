@@ -46,7 +46,7 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from vi_sweep.analysis.optimized_metric import TailSummary
 from vi_sweep.launch.cluster import devices_per_task
@@ -295,7 +295,7 @@ def compose_job(
     loader = hydra_context.config_loader
     compose = loader.scratch_sweep_config if scratch and isinstance(loader, TemplateComposer) else loader.load_sweep_config
     cfg = compose(config, list(overrides))
-    with open_dict(cfg):
+    with read_write(cfg.hydra), open_dict(cfg):  # a reused scratch config's hydra node is left read-only by its last job
         cfg.hydra.job.id = num
         cfg.hydra.job.num = num
     return cfg
@@ -559,10 +559,26 @@ def write_job(
             failed_write.append(err)
             raise
 
-    ret = write_job_dir(hydra_context, compose_job(hydra_context, config, job.overrides, job.num), job.out_dir, write_rows, task_reads_config=False)
+    # The job's files need its config only while they are written. When no callback keeps the
+    # config it is given (vi_sweep's own say so: keeps_job_config = False), the job is written from
+    # one config reused for every job of its shape (composed into in ~1.1 ms, against ~2.6 ms for
+    # a config of its own), and its JobReturn gets a config of its own only if one is read.
+    own_config = functools.partial(compose_job, hydra_context, config, job.overrides, job.num)
+    if callbacks_keep_no_config(hydra_context.callbacks):
+        cfg = compose_job(hydra_context, config, job.overrides, job.num, scratch=True)
+        ret = write_job_dir(hydra_context, cfg, job.out_dir, write_rows, task_reads_config=False, own_config=own_config)
+    else:
+        ret = write_job_dir(hydra_context, own_config(), job.out_dir, write_rows, task_reads_config=False)
     if failed_write:
         raise failed_write[0]
     return ret
+
+
+def callbacks_keep_no_config(callbacks: Any) -> bool:
+    """Whether every one of Hydra's ``callbacks`` declares it keeps no reference to the config its
+    ``on_job_*`` hooks receive (``keeps_job_config = False``, as :mod:`vi_sweep.launch.callbacks`'
+    and the MLflow tracker do); a user's callback, which says nothing, may keep it."""
+    return all(getattr(callback, "keeps_job_config", True) is False for callback in getattr(callbacks, "callbacks", [None]))
 
 
 def _quiet_console() -> None:

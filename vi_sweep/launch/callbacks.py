@@ -6,6 +6,10 @@
   it first and turns a failure into one line naming the directory, exit code 2), and records a
   multirun in the sweep directory's history.
 - :class:`SweepSummary` says where a multirun was written and writes its report.
+
+Each says ``keeps_job_config = False``: it reads the config its ``on_job_*`` hooks receive while
+they run and keeps no reference to it, so the batched launcher may hand it a config it reuses
+for the next job (:func:`vi_sweep.launch.batched.write_job`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ class StartGuard(Callback):
     multirun (:mod:`vi_sweep.launch.history`).
     """
 
+    keeps_job_config = False  # see the module docstring
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from vi_sweep.core.trainer import split_fields
         from vi_sweep.host import available_memory_bytes
@@ -93,6 +99,8 @@ class SweepSummary(Callback):
     start never pays for pandas/matplotlib. Turn it off with
     ``hydra.callbacks.sweep_summary.report=false``.
     """
+
+    keeps_job_config = False  # see the module docstring
 
     def __init__(self, report: bool = True) -> None:
         self.report = report

@@ -183,6 +183,7 @@ def write_job_dir(
     task_function: Callable[[DictConfig], Any],
     *,
     task_reads_config: bool = True,
+    own_config: Callable[[], DictConfig] | None = None,
 ) -> JobReturn:
     """Run ``task_function`` as Hydra's ``run_job`` would for the composed job config ``cfg``.
 
@@ -193,6 +194,10 @@ def write_job_dir(
     ``task_reads_config=False``: the task has what it needs already (the batched launcher's holds
     the job's resolved values) and is called with None; the task config ``run_job`` would pass
     it (a masked copy of ``cfg``, ~1.5 ms) is then made only if ``JobReturn.cfg`` is read.
+
+    ``own_config``: ``cfg`` is a config the caller reuses for its next job (it holds this job's
+    values only while this call runs; callbacks must keep no reference to it), and this makes the
+    job's own, equal one: ``JobReturn.hydra_cfg`` (and ``cfg``) are made from it when read.
     """
     callbacks = hydra_context.callbacks
     hydra_config = HydraConfig.instance()
@@ -209,9 +214,17 @@ def write_job_dir(
         assert isinstance(plain, dict)
         hydra_plain = {"hydra": plain.pop("hydra")}
         task_keys = [key for key in cfg if key != "hydra"]
-        ret = _JobReturn(functools.partial(_task_config, cfg, task_keys))
+        ret = _JobReturn(
+            None if task_reads_config else lambda: _task_config(ret.hydra_cfg, task_keys),
+            None if own_config is None else functools.partial(_own_job_config, own_config, output_dir),
+        )
+        if own_config is None:
+            # run_job's hydra_cfg is a copy holding only ``hydra``; this is the job's own config
+            # (its ``hydra`` node is that copy's), not copied again, and never changed afterwards:
+            # a callback may keep it.
+            ret.hydra_cfg = cfg
         if task_reads_config:
-            ret.cfg  # noqa: B018 - made now, as run_job makes it: the task may change cfg while it runs
+            ret.cfg = _task_config(cfg, task_keys)  # made now, as run_job makes it: the task may change cfg while it runs
         ret.overrides = list(hydra_plain["hydra"]["overrides"]["task"])
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         if cfg.hydra.job.chdir:
@@ -235,10 +248,6 @@ def write_job_dir(
                 ret.status = JobStatus.FAILED
         ret.task_name = JobRuntime.instance().get("name")
         _flush_loggers()
-        # run_job's hydra_cfg is a copy holding only ``hydra``; this is the job's own config
-        # (its ``hydra`` node is that copy's), not copied again, and never changed afterwards:
-        # a callback may keep it.
-        ret.hydra_cfg = cfg
         callbacks.on_job_end(config=cfg, job_return=ret)
         return ret
     finally:
@@ -254,17 +263,30 @@ def _task_config(cfg: DictConfig, task_keys: list) -> DictConfig:
     return task_cfg
 
 
-class _JobReturn(JobReturn):
-    """A :class:`JobReturn` whose ``cfg`` (the task's config) is made on first read. Hydra's basic
-    sweeper never reads it, nor does a searching sweeper (they read ``return_value``); a
-    callback or sweeper that does gets the config ``run_job`` would have given it -- unless a
-    callback changed the job's config in ``on_job_start`` or ``on_job_end`` (``run_job`` copies it
-    before either; the copy here is made when read). Pickled (Hydra's ``PickleJobInfoCallback``,
-    a sweeper's checkpoint) it is a plain :class:`JobReturn`, its ``cfg`` made first."""
+def _own_job_config(own_config: Callable[[], DictConfig], output_dir: str) -> DictConfig:
+    """The job's own config, as :func:`write_job_dir` leaves the one it is given."""
+    cfg = own_config()
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = output_dir
+    OmegaConf.set_readonly(cfg.hydra, True)
+    return cfg
 
-    def __init__(self, make_cfg: Callable[[], DictConfig] | None = None, /, **fields: Any) -> None:
+
+class _JobReturn(JobReturn):
+    """A :class:`JobReturn` whose ``cfg`` (the task's config) and ``hydra_cfg`` (the job's config)
+    are made on first read. Hydra's basic sweeper never reads them, nor does a searching sweeper
+    (they read ``return_value``); a callback or sweeper that does gets the configs ``run_job``
+    would have given it -- unless a callback changed the job's config in ``on_job_start`` or
+    ``on_job_end`` (``run_job`` copies it before either; the copy here is made when read).
+    Pickled (Hydra's ``PickleJobInfoCallback``, a sweeper's checkpoint) it is a plain
+    :class:`JobReturn`, both made first."""
+
+    def __init__(
+        self, make_cfg: Callable[[], DictConfig] | None = None, make_hydra_cfg: Callable[[], DictConfig] | None = None, /, **fields: Any
+    ) -> None:
         super().__init__(**fields)  # dataclasses.replace passes every field
-        self._make_cfg: Callable[[], DictConfig] | None = make_cfg if "cfg" not in fields else None
+        self._make_cfg = make_cfg if "cfg" not in fields else None
+        self._make_hydra_cfg = make_hydra_cfg if "hydra_cfg" not in fields else None
 
     @property  # type: ignore[override]
     def cfg(self) -> DictConfig | None:  # noqa: D102 - JobReturn's field
@@ -275,6 +297,16 @@ class _JobReturn(JobReturn):
     @cfg.setter
     def cfg(self, value: DictConfig | None) -> None:
         self._cfg, self._make_cfg = value, None
+
+    @property  # type: ignore[override]
+    def hydra_cfg(self) -> DictConfig | None:  # noqa: D102 - JobReturn's field
+        if self._make_hydra_cfg is not None:
+            self._hydra_cfg, self._make_hydra_cfg = self._make_hydra_cfg(), None
+        return self._hydra_cfg
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value: DictConfig | None) -> None:
+        self._hydra_cfg, self._make_hydra_cfg = value, None
 
     def __reduce__(self):
         return JobReturn, (), {field.name: getattr(self, field.name) for field in dataclasses.fields(JobReturn)}

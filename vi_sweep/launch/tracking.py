@@ -89,6 +89,8 @@ class MLflowTracker(Callback):
         Log the report's figures and tables on the sweep's parent run.
     """
 
+    keeps_job_config = False  # reads its hooks' config while they run (vi_sweep.launch.callbacks)
+
     def __init__(
         self,
         tracking_uri: Optional[str] = None,
