@@ -272,6 +272,25 @@ def _own_job_config(own_config: Callable[[], DictConfig], output_dir: str) -> Di
     return cfg
 
 
+class _MadeWhenRead:
+    """A field of :class:`_JobReturn` made by its maker (if it has one) the first time it is read."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, ret: Any, owner: type | None = None) -> Any:
+        if ret is None:
+            return self
+        maker = ret.__dict__.setdefault("_makers", {}).pop(self.name, None)
+        if maker is not None:
+            ret.__dict__[f"_{self.name}"] = maker()
+        return ret.__dict__.get(f"_{self.name}")
+
+    def __set__(self, ret: Any, value: Any) -> None:
+        ret.__dict__.setdefault("_makers", {}).pop(self.name, None)
+        ret.__dict__[f"_{self.name}"] = value
+
+
 class _JobReturn(JobReturn):
     """A :class:`JobReturn` whose ``cfg`` (the task's config) and ``hydra_cfg`` (the job's config)
     are made on first read. Hydra's basic sweeper never reads them, nor does a searching sweeper
@@ -281,32 +300,15 @@ class _JobReturn(JobReturn):
     Pickled (Hydra's ``PickleJobInfoCallback``, a sweeper's checkpoint) it is a plain
     :class:`JobReturn`, both made first."""
 
+    cfg = _MadeWhenRead()  # type: ignore[assignment]
+    hydra_cfg = _MadeWhenRead()  # type: ignore[assignment]
+
     def __init__(
         self, make_cfg: Callable[[], DictConfig] | None = None, make_hydra_cfg: Callable[[], DictConfig] | None = None, /, **fields: Any
     ) -> None:
         super().__init__(**fields)  # dataclasses.replace passes every field
-        self._make_cfg = make_cfg if "cfg" not in fields else None
-        self._make_hydra_cfg = make_hydra_cfg if "hydra_cfg" not in fields else None
-
-    @property  # type: ignore[override]
-    def cfg(self) -> DictConfig | None:  # noqa: D102 - JobReturn's field
-        if self._make_cfg is not None:
-            self._cfg, self._make_cfg = self._make_cfg(), None
-        return self._cfg
-
-    @cfg.setter
-    def cfg(self, value: DictConfig | None) -> None:
-        self._cfg, self._make_cfg = value, None
-
-    @property  # type: ignore[override]
-    def hydra_cfg(self) -> DictConfig | None:  # noqa: D102 - JobReturn's field
-        if self._make_hydra_cfg is not None:
-            self._hydra_cfg, self._make_hydra_cfg = self._make_hydra_cfg(), None
-        return self._hydra_cfg
-
-    @hydra_cfg.setter
-    def hydra_cfg(self, value: DictConfig | None) -> None:
-        self._hydra_cfg, self._make_hydra_cfg = value, None
+        makers = {"cfg": make_cfg, "hydra_cfg": make_hydra_cfg}
+        self.__dict__["_makers"] = {name: make for name, make in makers.items() if make is not None and name not in fields}
 
     def __reduce__(self):
         return JobReturn, (), {field.name: getattr(self, field.name) for field in dataclasses.fields(JobReturn)}
