@@ -164,6 +164,7 @@ def test_a_job_written_from_a_reused_config_returns_configs_of_its_own(compose, 
 
     c = write_job_dir(context, shared, tmp_path / "c" / "7", lambda _: "done", task_reads_config=False, own_config=own_config)
     assert made == []  # nothing made until read
+    assert OmegaConf.is_missing(shared.hydra.runtime, "output_dir") and not OmegaConf.is_readonly(shared.hydra)  # left as it came
     with open_dict(shared):
         shared.lr = 99.0  # the caller reuses it for its next job
     hydra_c = c.hydra_cfg
@@ -172,6 +173,23 @@ def test_a_job_written_from_a_reused_config_returns_configs_of_its_own(compose, 
     hydra_a = OmegaConf.to_yaml(OmegaConf.masked_copy(hydra_c, ["hydra"])).replace(str(tmp_path / "c"), str(tmp_path / "a"))
     assert hydra_a == OmegaConf.to_yaml(a.hydra_cfg)
     assert OmegaConf.to_yaml(c.cfg) == OmegaConf.to_yaml(a.cfg) and len(made) == 1  # the task config: a copy of it
+
+
+def test_a_config_whose_making_fails_is_made_again_at_the_next_read():
+    from vi_sweep.launch.job_dirs import _JobReturn
+
+    attempts = []
+
+    def make():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise KeyboardInterrupt  # a Ctrl-C while it composes
+        return OmegaConf.create({"lr": 0.3})
+
+    ret = _JobReturn(lambda: ret.hydra_cfg, make)
+    with pytest.raises(KeyboardInterrupt):
+        ret.cfg  # noqa: B018
+    assert ret.cfg.lr == 0.3 and ret.hydra_cfg is ret.cfg and len(attempts) == 2
 
 
 def test_a_failing_task_is_a_failed_return_not_an_exception(compose, tmp_path):

@@ -454,9 +454,10 @@ class RecordsConfigs:
     """A user's callback that says whether it keeps the job configs it is given
     (``VI_SWEEP_TEST_KEEPS``: 1 or 0) and records, per job, the config's identity and a few values."""
 
+    keeps_job_config = os.environ.get("VI_SWEEP_TEST_KEEPS") != "0"  # read in the sweep's process
+
     def __init__(self, path: str) -> None:
         self.path = path
-        self.keeps_job_config = os.environ.get("VI_SWEEP_TEST_KEEPS") != "0"
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         with open(self.path, "a", encoding="utf-8") as log:
@@ -490,3 +491,18 @@ def test_jobs_written_from_a_reused_config_have_the_files_of_jobs_written_from_t
             assert text == (b / str(job) / ".hydra" / name).read_text(), (job, name)
         for name in ("metrics.parquet", "params.parquet"):
             assert pq.read_table(a / str(job) / name).equals(pq.read_table(b / str(job) / name)), (job, name)
+
+
+def test_only_callbacks_that_say_so_on_their_own_class_let_jobs_share_a_config():
+    from types import SimpleNamespace
+
+    from vi_sweep.launch.batched import callbacks_keep_no_config
+    from vi_sweep.launch.callbacks import StartGuard, SweepSummary
+
+    class KeepsThem(SweepSummary):  # inherits keeps_job_config = False, and may keep its configs
+        pass
+
+    assert callbacks_keep_no_config(SimpleNamespace(callbacks=[StartGuard(), SweepSummary(report=False)]))
+    assert not callbacks_keep_no_config(SimpleNamespace(callbacks=[StartGuard(), KeepsThem(report=False)]))
+    assert not callbacks_keep_no_config(SimpleNamespace(callbacks=[StartGuard(), RecordsJobEvents("unused")]))
+    assert not callbacks_keep_no_config(object())  # not Hydra's Callbacks: nothing is known

@@ -46,7 +46,7 @@ from typing import Any, Callable, NoReturn, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.types import HydraContext
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vi_sweep.analysis.optimized_metric import TailSummary
 from vi_sweep.launch.cluster import devices_per_task
@@ -295,7 +295,7 @@ def compose_job(
     loader = hydra_context.config_loader
     compose = loader.scratch_sweep_config if scratch and isinstance(loader, TemplateComposer) else loader.load_sweep_config
     cfg = compose(config, list(overrides))
-    with read_write(cfg.hydra), open_dict(cfg):  # a reused scratch config's hydra node is left read-only by its last job
+    with open_dict(cfg):
         cfg.hydra.job.id = num
         cfg.hydra.job.num = num
     return cfg
@@ -575,10 +575,11 @@ def write_job(
 
 
 def callbacks_keep_no_config(callbacks: Any) -> bool:
-    """Whether every one of Hydra's ``callbacks`` declares it keeps no reference to the config its
-    ``on_job_*`` hooks receive (``keeps_job_config = False``, as :mod:`vi_sweep.launch.callbacks`'
-    and the MLflow tracker do); a user's callback, which says nothing, may keep it."""
-    return all(getattr(callback, "keeps_job_config", True) is False for callback in getattr(callbacks, "callbacks", [None]))
+    """Whether every one of Hydra's ``callbacks`` declares, on its own class, that it neither keeps
+    nor changes the config its ``on_job_*`` hooks receive (``keeps_job_config = False``, as
+    :mod:`vi_sweep.launch.callbacks`' and the MLflow tracker do). A user's callback, which says
+    nothing, may keep it; so may a subclass of one of ours, which inherits the attribute."""
+    return all(type(callback).__dict__.get("keeps_job_config", True) is False for callback in getattr(callbacks, "callbacks", [None]))
 
 
 def _quiet_console() -> None:

@@ -8,8 +8,10 @@
 - :class:`SweepSummary` says where a multirun was written and writes its report.
 
 Each says ``keeps_job_config = False``: it reads the config its ``on_job_*`` hooks receive while
-they run and keeps no reference to it, so the batched launcher may hand it a config it reuses
-for the next job (:func:`vi_sweep.launch.batched.write_job`).
+they run, and neither changes it nor keeps a reference to it, so the batched launcher may hand
+it a config it reuses for the next job (:func:`vi_sweep.launch.batched.write_job`). A subclass
+that keeps or changes it must not say so (the launcher reads the attribute of each callback's
+own class only).
 """
 
 from __future__ import annotations

@@ -196,13 +196,17 @@ def write_job_dir(
     it (a masked copy of ``cfg``, ~1.5 ms) is then made only if ``JobReturn.cfg`` is read.
 
     ``own_config``: ``cfg`` is a config the caller reuses for its next job (it holds this job's
-    values only while this call runs; callbacks must keep no reference to it), and this makes the
-    job's own, equal one: ``JobReturn.hydra_cfg`` (and ``cfg``) are made from it when read.
+    values only while this call runs, and leaves it as it came; callbacks must neither keep nor
+    change it), and this makes the job's own, equal one: ``JobReturn.hydra_cfg`` (and ``cfg``)
+    are made from it when read (a composition at that time: its ``hydra.runtime.cwd`` is the
+    working directory then).
     """
     callbacks = hydra_context.callbacks
     hydra_config = HydraConfig.instance()
     previous_hydra_cfg, old_cwd = hydra_config.cfg, os.getcwd()
     output_dir = os.path.abspath(output_dir)
+    # What this call changes on cfg, to undo on a reused one.
+    came_with = ("???" if OmegaConf.is_missing(cfg.hydra.runtime, "output_dir") else cfg.hydra.runtime.output_dir, cfg.hydra._get_node_flag("readonly"))
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = output_dir
     OmegaConf.set_readonly(cfg.hydra, True)  # as HydraConfig.set_config leaves it
@@ -253,6 +257,10 @@ def write_job_dir(
     finally:
         hydra_config.cfg = previous_hydra_cfg
         os.chdir(old_cwd)
+        if own_config is not None:  # the caller reuses cfg: as it came
+            OmegaConf.set_readonly(cfg.hydra, came_with[1])
+            with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+                cfg.hydra.runtime.output_dir = came_with[0]
 
 
 def _task_config(cfg: DictConfig, task_keys: list) -> DictConfig:
@@ -281,9 +289,10 @@ class _MadeWhenRead:
     def __get__(self, ret: Any, owner: type | None = None) -> Any:
         if ret is None:
             return self
-        maker = ret.__dict__.setdefault("_makers", {}).pop(self.name, None)
-        if maker is not None:
-            ret.__dict__[f"_{self.name}"] = maker()
+        makers = ret.__dict__.setdefault("_makers", {})
+        if self.name in makers:
+            ret.__dict__[f"_{self.name}"] = makers[self.name]()  # if it raises, the next read tries again
+            del makers[self.name]
         return ret.__dict__.get(f"_{self.name}")
 
     def __set__(self, ret: Any, value: Any) -> None:
