@@ -12,9 +12,11 @@ write ``.hydra/{config,hydra,overrides}.yaml``, ``on_job_start``, the task under
 C emitter where it writes what PyYAML's Python emitter writes (:func:`to_yaml`, with OmegaConf's
 own quoting of strings), so the files are byte for byte ``OmegaConf.to_yaml``'s
 (``tests/test_job_dirs.py`` compares them with ``run_job``'s). The
-config it is given must be the job's own, freshly composed: it is not copied, it becomes the
+config it is given is the job's own, freshly composed: it is not copied, it becomes the
 :class:`JobReturn`'s ``hydra_cfg`` (with the task's keys too, where ``run_job``'s copy holds only
-``hydra``), and while the job runs it is what ``HydraConfig.get()`` reads from.
+``hydra``), and while the job runs it is what ``HydraConfig.get()`` reads from -- or, with
+``own_config``, a config the caller reuses for its next job, and the job's own is made when the
+:class:`JobReturn`'s configs are read.
 
 No JAX here.
 """
@@ -206,7 +208,10 @@ def write_job_dir(
     previous_hydra_cfg, old_cwd = hydra_config.cfg, os.getcwd()
     output_dir = os.path.abspath(output_dir)
     # What this call changes on cfg, to undo on a reused one.
-    came_with = ("???" if OmegaConf.is_missing(cfg.hydra.runtime, "output_dir") else cfg.hydra.runtime.output_dir, cfg.hydra._get_node_flag("readonly"))
+    came_with = (
+        "???" if OmegaConf.is_missing(cfg.hydra.runtime, "output_dir") else cfg.hydra.runtime.output_dir,
+        cfg.hydra._get_node_flag("readonly"),
+    )
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = output_dir
     OmegaConf.set_readonly(cfg.hydra, True)  # as HydraConfig.set_config leaves it
