@@ -57,6 +57,7 @@ from vi_sweep.launch.history import abandon_if_fresh
 from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
 from vi_sweep.launch.job_values import ValueRule, assign_values, rule_of, run_summary
+from vi_sweep.launch.interrupts import interrupts_held
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
 from vi_sweep.launch.sweep_checks import is_basic_sweeper
@@ -525,8 +526,9 @@ def write_compact_jobs(
     listed = [{"job": jobs[p].num, "fields": jobs[p].fields, "scenario": jobs[p].scenario, "overrides": list(jobs[p].overrides)} for p, _, _ in entries]
     # First: a complete jobs file always has its runs' parameters (to_numpy returns them with every chunk's rows).
     write_compact_params(sweep_dir, [(jobs[p].num, rows["final_mu"], rows["final_log_sigma"]) for p, rows, _ in entries])
-    write_compact(sweep_dir, table, listed)
-    on_landed([p for p, _, _ in entries])
+    with interrupts_held():  # counted as written the moment the file is in place, never one without the other
+        write_compact(sweep_dir, table, listed)
+        on_landed([p for p, _, _ in entries])
     returns = {}
     for position, rows, diverged_at in entries:
         ret = JobReturn(overrides=list(jobs[position].overrides), working_dir=os.getcwd(), task_name="vi_sweep", status=JobStatus.COMPLETED)

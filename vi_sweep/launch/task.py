@@ -20,6 +20,7 @@ from vi_sweep.analysis.optimized_metric import TailSummary
 from vi_sweep.launch.config import ConfigError, run_fields, validate
 from vi_sweep.launch.job_values import exact_twin_summary, rule_of, run_summary, value_for
 from vi_sweep.launch.devices import quiet_jax_logs
+from vi_sweep.launch.interrupts import interrupts_held
 from vi_sweep.launch.resume import finished_in, run_key
 from vi_sweep.store.metrics import METRICS_FILE, UnreadableRun, metrics_table, write_metrics
 from vi_sweep.store.params import write_params
@@ -74,7 +75,8 @@ def finish_job(
     ``task_values``: the job's task config, resolved, if the caller has it already (the batched
     launcher resolved it when it composed the job); else it is resolved from ``cfg`` here.
     ``on_written`` is called as soon as the run file is in place (a rerun resumes the run from
-    then on), before anything else that could be interrupted.
+    then on), before anything else that could be interrupted: a Ctrl-C is held from the write to
+    the call (:func:`vi_sweep.launch.interrupts.interrupts_held`), so it lands before both or after both.
 
     ``rows`` holds the run's final parameters too (``final_mu``, ``final_log_sigma``:
     :data:`vi_sweep.core.trainer.FINAL_PARAMS`, from ``train_one`` or the launcher's ``to_numpy``);
@@ -86,8 +88,9 @@ def finish_job(
         assert cfg is not None, "finish_job needs the job's config or its task_values"
         task_values = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}  # type: ignore[union-attr]
     resolved = {**task_values, "scenario": scenario}
-    path = write_metrics(out_dir, table, resolved_config=resolved, fields=fields)
-    on_written()
+    with interrupts_held():  # a Ctrl-C between the file landing and on_written would leave it uncounted
+        path = write_metrics(out_dir, table, resolved_config=resolved, fields=fields)
+        on_written()
     if echo:  # the logged rows, as the notebook printed them (tail probes are in the file only)
         for i in np.flatnonzero(~np.asarray(rows["probe"], bool)):
             print(format_row(rows, i))
