@@ -212,9 +212,7 @@ def write_job_dir(
         "???" if OmegaConf.is_missing(cfg.hydra.runtime, "output_dir") else cfg.hydra.runtime.output_dir,
         cfg.hydra._get_node_flag("readonly"),
     )
-    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
-        cfg.hydra.runtime.output_dir = output_dir
-    OmegaConf.set_readonly(cfg.hydra, True)  # as HydraConfig.set_config leaves it
+    _set_output_dir(cfg, output_dir, hydra_readonly=True)  # read-only as HydraConfig.set_config leaves it
     # HydraConfig.get() returns ``cfg.hydra`` of whatever it holds: the job's own config here,
     # without set_config's masked copy.
     hydra_config.cfg = cfg
@@ -263,9 +261,7 @@ def write_job_dir(
         hydra_config.cfg = previous_hydra_cfg
         os.chdir(old_cwd)
         if own_config is not None:  # the caller reuses cfg: as it came
-            OmegaConf.set_readonly(cfg.hydra, came_with[1])
-            with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
-                cfg.hydra.runtime.output_dir = came_with[0]
+            _set_output_dir(cfg, *came_with)
 
 
 def _task_config(cfg: DictConfig, task_keys: list) -> DictConfig:
@@ -279,10 +275,16 @@ def _task_config(cfg: DictConfig, task_keys: list) -> DictConfig:
 def _own_job_config(own_config: Callable[[], DictConfig], output_dir: str) -> DictConfig:
     """The job's own config, as :func:`write_job_dir` leaves the one it is given."""
     cfg = own_config()
+    _set_output_dir(cfg, output_dir, hydra_readonly=True)
+    return cfg
+
+
+def _set_output_dir(cfg: DictConfig, output_dir: str, hydra_readonly: bool | None) -> None:
+    """Set ``hydra.runtime.output_dir`` (``"???"``: missing) and the ``hydra`` node's read-only flag
+    (None: inherited) of a job config."""
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = output_dir
-    OmegaConf.set_readonly(cfg.hydra, True)
-    return cfg
+    OmegaConf.set_readonly(cfg.hydra, hydra_readonly)
 
 
 class _MadeWhenRead:
