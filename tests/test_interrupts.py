@@ -1,23 +1,29 @@
-"""A Ctrl-C between a run file landing and the launcher counting it.
+"""Ctrl-C at the worst moments, raised there on purpose (a real one hits them only now and then:
+tests/test_trust.py's CLI test did, in CI).
 
 The launcher's "interrupted: N of M runs written" line must count exactly the run files on disk
-(a rerun resumes those). The signal is raised here at the worst moment -- right after the file's
-atomic rename -- which a real Ctrl-C hits only now and then (tests/test_trust.py's CLI test did,
-once in a CI run).
+(a rerun resumes those); whatever a Ctrl-C breaks on its way out, the command ends in that one
+line and status 130; a second Ctrl-C ends it at once, quietly.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
 
+from tests.conftest import REPO, run_cli
 from tests.sweeps import flat_fields
 from vi_sweep.core.trainer import split_fields, train_one
 from vi_sweep.launch.batched import SweepJob, write_compact_jobs
-from vi_sweep.launch.interrupts import interrupts_held
+from vi_sweep.launch import interrupts
+from vi_sweep.launch.interrupts import interrupt_noted, interrupts_held, interrupts_noted
 from vi_sweep.launch.task import finish_job
 from vi_sweep.store import metrics as metrics_store
 from vi_sweep.store.metrics import read_fields
@@ -104,3 +110,137 @@ def test_holding_interrupts_outside_the_main_thread_just_runs_the_block():
     thread.start()
     thread.join()
     assert seen == ["ran"]
+
+
+@pytest.fixture
+def restored_sigint():
+    """Python's own SIGINT handler back after the test, whatever it left."""
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_a_noted_ctrl_c_is_remembered_while_the_program_unwinds(restored_sigint):
+    with pytest.raises(AttributeError):
+        with interrupts_noted():
+            assert not interrupt_noted()
+            try:
+                signal.raise_signal(signal.SIGINT)
+            finally:  # what OmegaConf's flag_override does to a list left half-appended
+                raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+    assert interrupt_noted()
+    with interrupts_noted():  # a new block after the one that was interrupted starts afresh
+        assert not interrupt_noted()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_nested_noting_blocks_share_one_handler_and_leave_pythons_behind(restored_sigint):
+    with interrupts_noted():
+        outer = signal.getsignal(signal.SIGINT)
+        with interrupts_noted():
+            assert signal.getsignal(signal.SIGINT) is outer
+        assert signal.getsignal(signal.SIGINT) is outer
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                signal.raise_signal(signal.SIGINT)
+        assert interrupt_noted()
+
+
+def test_noting_leaves_a_users_own_handler_alone(restored_sigint):
+    calls: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    with interrupts_noted():
+        signal.raise_signal(signal.SIGINT)
+    assert calls == [signal.SIGINT] and not interrupt_noted()
+
+
+SMALL_GRID = (
+    "lr=0.01,0.03", "seed=0,1,2", "num_mc=1", "d=2", "steps=200", "log_every=100", "grid=none",
+    "hydra.launcher.max_runs_per_call=2", "hydra.launcher.exact_baselines=false",
+    "hydra.callbacks.sweep_summary.report=false",
+)
+
+
+def run_with(prelude: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m vi_sweep ARGS`` as the command runs it (``vi_sweep.__main__.cli``), after ``prelude``."""
+    program = textwrap.dedent(prelude) + "\nimport sys\nfrom vi_sweep.__main__ import cli\nsys.argv = ['vi_sweep', *sys.argv[1:]]\ncli()\n"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+
+
+# The third job's write is interrupted, and the interrupt turned into another error on its way out.
+INTERRUPT_BECOMES_ANOTHER_ERROR = """
+    import signal
+    import vi_sweep.launch.batched as batched
+    real_write_job, calls = batched.write_job, []
+    def write_job(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            try:
+                signal.raise_signal(signal.SIGINT)
+            finally:
+                raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+        return real_write_job(*args, **kwargs)
+    batched.write_job = write_job
+"""
+
+
+def test_a_ctrl_c_that_cleanup_turns_into_another_error_is_still_one_line_and_exit_130(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_with(INTERRUPT_BECOMES_ANOTHER_ERROR, "multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "vi_sweep: interrupted: 2 of 6 runs written; rerun the same command to resume"
+    assert len(list(sweep.glob("*/metrics.parquet"))) == 2
+    rerun = run_cli("multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "6 jobs (4 computed, 2 resumed)" in rerun.stdout
+
+
+# A first Ctrl-C at the third job's write, a second while the launcher tidies up after it.
+TWO_CTRL_CS = """
+    import signal
+    import vi_sweep.launch.batched as batched
+    from vi_sweep.launch.interrupts import interrupt_noted
+    real_write_job, real_configure_log, calls = batched.write_job, batched.configure_log, []
+    def write_job(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+        return real_write_job(*args, **kwargs)
+    def configure_log(*args, **kwargs):
+        if interrupt_noted():
+            signal.raise_signal(signal.SIGINT)
+        return real_configure_log(*args, **kwargs)
+    batched.write_job, batched.configure_log = write_job, configure_log
+"""
+
+
+def test_a_second_ctrl_c_leaves_at_once_in_one_line_with_every_file_whole(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_with(TWO_CTRL_CS, "multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == interrupts.AGAIN.decode().strip()
+    written = list(sweep.glob("*/metrics.parquet"))
+    assert len(written) == 2 and all(read_fields(p) is not None for p in written)
+    assert not list(sweep.rglob("*.tmp"))
+
+
+def test_the_installed_script_ends_a_ctrl_c_in_one_line_as_python_m_does(tmp_path):
+    """The ``vi-sweep`` console script calls what its entry point names, not ``__main__``'s block."""
+    program = textwrap.dedent("""
+        import signal, sys
+        from importlib.metadata import entry_points
+        import vi_sweep.launch.entry as entry
+        real_run_hydra = entry.run_hydra
+        def run_hydra(*args, **kwargs):  # a Ctrl-C while Hydra composes, before any launcher counts runs
+            signal.raise_signal(signal.SIGINT)
+            return real_run_hydra(*args, **kwargs)
+        entry.run_hydra = run_hydra
+        (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "vi-sweep"]
+        sys.argv = ["vi-sweep", "multirun", "lr=0.1", "d=2", "steps=20", "log_every=10"]
+        sys.exit(script.load()())
+    """)
+    result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines() == ["vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)"]

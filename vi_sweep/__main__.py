@@ -123,12 +123,29 @@ def exit_now(code: object) -> NoReturn:
     os._exit(code)
 
 
-if __name__ == "__main__":
-    try:
-        status: object = main()
-    except SystemExit as stop:  # the one-line errors of the launcher and the task exit this way
-        status = stop.code
-    except KeyboardInterrupt:  # Ctrl-C where no launcher counted the runs: every file written is whole
-        print("vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)", file=sys.stderr)
-        status = 130
+def cli() -> NoReturn:
+    """The command (``python -m vi_sweep`` and the ``vi-sweep`` script alike): :func:`main`, its
+    one-line errors as exit codes, a Ctrl-C as one line and status 130, then :func:`exit_now`.
+
+    Ctrl-C is noted (:func:`vi_sweep.launch.interrupts.interrupts_noted`): an exception raised
+    while a Ctrl-C unwinds the program (a half-updated config object's, say) is the interrupt
+    too, and a second Ctrl-C leaves at once.
+    """
+    from vi_sweep.launch.interrupts import interrupt_noted, interrupts_noted
+
+    with interrupts_noted():
+        try:
+            status: object = main()
+        except SystemExit as stop:  # the one-line errors of the launcher and the task exit this way
+            status = stop.code
+        except BaseException as err:
+            if not (isinstance(err, KeyboardInterrupt) or interrupt_noted()):
+                raise
+            # Ctrl-C where no launcher counted the runs: every file written is whole
+            print("vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)", file=sys.stderr)
+            status = 130
     exit_now(status)
+
+
+if __name__ == "__main__":
+    cli()

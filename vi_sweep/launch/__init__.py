@@ -10,7 +10,8 @@
   returns to the sweeper), ``tracking`` (the MLflow callback);
 - the batched launcher: ``options`` (its one options dataclass, registered by
   ``hydra_plugins/vi_sweep_launcher``), ``batched`` (one sweep as one program per shape),
-  ``compose`` (fast composition), ``resume``, ``sweep_plan``, ``devices`` (JAX devices, start and
+  ``compose`` (fast composition), ``resume``, ``sweep_plan``, ``interrupts`` (Ctrl-C noted, and held
+  while a run file lands and is counted), ``devices`` (JAX devices, start and
   collect a batch, compile counts), ``job_dirs`` (Hydra's job directories), ``cluster``
   (the submitit engine).
 """

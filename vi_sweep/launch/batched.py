@@ -57,7 +57,7 @@ from vi_sweep.launch.history import abandon_if_fresh
 from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
 from vi_sweep.launch.job_values import ValueRule, assign_values, rule_of, run_summary
-from vi_sweep.launch.interrupts import interrupts_held
+from vi_sweep.launch.interrupts import interrupt_noted, interrupts_held, interrupts_noted
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
 from vi_sweep.launch.sweep_checks import is_basic_sweeper
@@ -97,6 +97,7 @@ def _gc_frozen():
         gc.unfreeze()
 
 
+@interrupts_noted()
 @_gc_frozen()
 def launch(
     *,
@@ -154,11 +155,14 @@ def launch(
             )
         except (LauncherOptionError, SizeError) as err:  # raised before any job is written
             _fail_before_writing(sweep_dir, err)
-        except KeyboardInterrupt:
-            _stop(130, f"interrupted: {len(landed | set(returns))} of {len(jobs)} runs written; rerun the same command to resume")
-        except OSError as err:  # a full disk, a directory that went read-only: the atomic writers left no partial file
-            where = err.filename or sweep_dir
-            _stop(1, f"cannot write {where}: {err.strerror or err}; {len(landed | set(returns))} of {len(jobs)} runs written; rerun the same command to resume")
+        except BaseException as err:
+            written = f"{len(landed | set(returns))} of {len(jobs)} runs written; rerun the same command to resume"
+            # A Ctrl-C that some cleanup on its way out turned into another exception is one all the same.
+            if isinstance(err, KeyboardInterrupt) or interrupt_noted():
+                _stop(130, f"interrupted: {written}")
+            if isinstance(err, OSError):  # a full disk, a directory that went read-only: the atomic writers left no partial file
+                _stop(1, f"cannot write {err.filename or sweep_dir}: {err.strerror or err}; {written}")
+            raise
     values = assign_values(
         [(job.rule, job.fields) for job in jobs],
         [returns[p].return_value for p in range(len(jobs))],

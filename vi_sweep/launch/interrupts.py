@@ -1,18 +1,74 @@
-"""Hold a Ctrl-C for the few milliseconds between a run file landing and the launcher counting it.
+"""Ctrl-C in a sweep: noted, so that whatever it breaks on its way out still ends as an interrupt;
+held for the few milliseconds between a run file landing and the launcher counting it.
 
-A run file is written atomically (a temporary file, then ``os.replace``), and the launcher counts
-it as written (its "interrupted: N of M runs written" line; what a rerun resumes) right after.
-A SIGINT between the two raised ``KeyboardInterrupt`` with the file on disk and uncounted.
-:func:`interrupts_held` makes the pair one step: a SIGINT that arrives inside the block is noted
-and delivered, once, to whatever handler was in place, as soon as the block is left.
+:func:`interrupts_noted` (the command line's and the batched launcher's): the first SIGINT is
+noted (:func:`interrupt_noted`) and raised as ``KeyboardInterrupt``. Code that cleans up on the
+way out may turn it into another exception -- OmegaConf, interrupted half-way through appending
+to a list, raises an ``AttributeError`` from its ``finally`` -- and the note says it was the
+interrupt all the same. A second SIGINT exits at once, quietly, with status 130 (every run file
+is written atomically: none is left half-written).
+
+:func:`interrupts_held`: a run file is written atomically (a temporary file, then ``os.replace``),
+and the launcher counts it as written (its "interrupted: N of M runs written" line; what a rerun
+resumes) right after. A SIGINT between the two raised ``KeyboardInterrupt`` with the file on disk
+and uncounted. Held, the pair is one step: a SIGINT that arrives inside the block is delivered,
+once, to whatever handler was in place, as soon as the block is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
-from typing import Iterator
+from typing import Any, Iterator
+
+_noted = False  # a SIGINT came while interrupts_noted's handler was in place
+_depth = 0  # interrupts_noted blocks open
+
+AGAIN = b"vi_sweep: interrupted again: exiting now (every run file on disk is whole; rerun the same command to resume)\n"
+
+
+def interrupt_noted() -> bool:
+    """Whether a Ctrl-C came since the outermost :func:`interrupts_noted` block began (False where
+    a user's handler, not the block's, had it)."""
+    return _noted and signal.getsignal(signal.SIGINT) is _note_and_raise
+
+
+def _note_and_raise(signum: int, frame: Any) -> None:
+    global _noted
+    if _noted:  # the second: the user wants out now, not after the tidy exit
+        os.write(2, AGAIN)
+        os._exit(130)
+    _noted = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_noted() -> Iterator[None]:
+    """Run the block with SIGINT noted (:func:`interrupt_noted`) and raised as ``KeyboardInterrupt``;
+    a second SIGINT ends the process at once (status 130).
+
+    Only over Python's own handler, in the main thread: a user's handler stays theirs, and an
+    enclosing block's handler is this one already. Left without an interrupt, the previous handler
+    is back; after one the process is on its way out, and a further Ctrl-C ends it at once.
+    """
+    global _noted, _depth
+    handler = signal.getsignal(signal.SIGINT)
+    ours = handler is _note_and_raise and _depth > 0  # an enclosing block's (not one left after an interrupt)
+    if threading.current_thread() is not threading.main_thread() or handler not in (signal.default_int_handler, _note_and_raise):
+        yield
+        return
+    if not ours:
+        _noted = False
+        signal.signal(signal.SIGINT, _note_and_raise)
+    _depth += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        if not ours and not _noted:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager
@@ -23,8 +79,8 @@ def interrupts_held() -> Iterator[None]:
     land in the block, and it just runs. The handler in place (Python's, a user's, ``SIG_IGN``) is
     put back, then the held signal raised again for it: what a Ctrl-C does is unchanged, only when.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield  # None: a handler set from C, which Python could not put back
         return
     held: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
