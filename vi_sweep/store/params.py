@@ -8,7 +8,8 @@ finished run (whose metrics file is complete) always has its parameters. pyarrow
 
 The compact layout (``hydra.launcher.layout=compact``) keeps the parameters of a chunk's runs in
 one file beside its ``jobs-<first>-<last>.parquet``: ``runs/params-<first>-<last>.parquet`` with a
-leading ``job`` column (int64), written before the jobs file too.
+leading ``job`` column (int64), written before the jobs file too; one whose jobs file is not
+there (a chunk stopped between the two) is read as no run's (:func:`compact_params_files`).
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ def write_compact_params(sweep_dir: str | os.PathLike, runs: Sequence[tuple[int,
 
 
 def compact_params_files(sweep_dir: str | os.PathLike) -> list[Path]:
-    """The compact layout's parameter files of a sweep directory, in job order."""
-    return sorted((Path(sweep_dir) / RUNS_DIR).glob("params-*.parquet"))
+    """The compact layout's parameter files of a sweep directory, in job order: each beside its
+    ``jobs-<first>-<last>.parquet``. One without it was left by a chunk stopped between the two
+    writes; the job numbers it names may hold other runs since, so it is no run's."""
+    runs_dir = Path(sweep_dir) / RUNS_DIR
+    return sorted(path for path in runs_dir.glob("params-*.parquet") if (runs_dir / f"jobs-{path.name.removeprefix('params-')}").is_file())
 
 
 def read_compact_params(path: str | os.PathLike) -> dict[int, tuple[np.ndarray, np.ndarray]]:
