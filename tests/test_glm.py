@@ -526,3 +526,21 @@ def test_the_compact_layout_keeps_final_params_too(cli, tmp_path):
     for run in range(4):
         np.testing.assert_array_equal(compact.loc[run, "mu"], jobs.loc[run, "mu"])
         np.testing.assert_array_equal(compact.loc[run, "log_sigma"], jobs.loc[run, "log_sigma"])
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "not_a_zip"])
+def test_a_damaged_q_star_file_is_solved_again_not_a_crash(tmp_path, damage, monkeypatch):
+    """An empty or cut-off .npz (a crash of the machine before the data reached the disk) is a
+    cache miss: solved again and rewritten, as a missing file is."""
+    from vi_sweep.store.optima import prepare_optima, read_optimum
+
+    fields = [sweep_fields("poisson_regression")]
+    prepare_optima(tmp_path, fields)
+    (file,) = (tmp_path / "baselines" / "optima").glob("*.npz")
+    data = file.read_bytes()
+    file.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "not_a_zip": b"PK\x03\x04 not really"}[damage])
+    key = regression.optimum_key(regression.posterior_config("poisson_regression", D, posterior("poisson_regression")))
+    assert read_optimum(file, key) is None
+    monkeypatch.setattr(regression, "_OPTIMA", {})  # a new process: nothing in memory
+    assert prepare_optima(tmp_path, fields) == 1
+    assert read_optimum(file, key) is not None

@@ -37,7 +37,7 @@ def read_optimum(path: Path, key: str) -> Optional[tuple[np.ndarray, np.ndarray]
             if str(data["key"]) != key:
                 return None
             return np.asarray(data["mu"], np.float64), np.asarray(data["log_sigma"], np.float64)
-    except (OSError, ValueError, KeyError):
+    except Exception:  # noqa: BLE001 - whatever a damaged file raises (EOFError, BadZipFile, ...): solved again
         return None
 
 
@@ -48,6 +48,8 @@ def write_optimum(path: Path, key: str, mu: np.ndarray, log_sigma: np.ndarray) -
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, key=np.array(key), mu=np.asarray(mu, np.float64), log_sigma=np.asarray(log_sigma, np.float64))
+            handle.flush()
+            os.fsync(handle.fileno())  # on disk before the rename: a crash leaves the old file or the new, never an empty one
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -90,14 +92,14 @@ def prepare_optima(sweep_dir: Optional[Path], fields_list: Iterable[Mapping[str,
             continue
         seen.add(key)
         path = optimum_file(sweep_dir, key) if sweep_dir is not None else None
+        found = read_optimum(path, key) if path is not None and path.exists() else None
         if key not in regression.remembered_optima():
-            found = read_optimum(path, key) if path is not None and path.exists() else None
             if found is not None:
                 regression.remember_optimum(key, regression.Optimum(*found))
                 continue
             solved += 1
         optimum = regression.regression_optimum(name, int(fields["d"]), **static, **traced)
-        if path is not None and not path.exists():
+        if path is not None and found is None:  # missing, damaged or another key's: (re)written
             try:
                 write_optimum(path, key, optimum.mu, optimum.log_sigma)
             except OSError:
