@@ -385,6 +385,31 @@ def test_a_figure_failing_here_stops_the_helper_and_leaves_no_report(tiny_sweep,
     assert not [p.name for p in sweep_dir.iterdir() if p.name.startswith(".report")]
 
 
+@pytest.mark.parametrize("interrupted_after_renames", [1, 2])
+def test_a_ctrl_c_between_the_reports_renames_leaves_one_whole_report_and_nothing_aside(tiny_sweep, tmp_path, monkeypatch, interrupted_after_renames):
+    """The new report replaces the old by two renames (old aside, new in): a Ctrl-C after the first
+    puts the old one back; after the second, the new one stays. No ``.report.old.*`` is left."""
+    sweep_dir = copy_sweep(tiny_sweep, tmp_path)
+    write_report(sweep_dir)
+    (sweep_dir / "report" / "mark").write_text("the old report")
+    real_rename, renames = Path.rename, []
+
+    def rename_then_interrupt(self, target):
+        result = real_rename(self, target)
+        renames.append(target)
+        if len(renames) == interrupted_after_renames:
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(Path, "rename", rename_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(sweep_dir)
+    monkeypatch.undo()
+    assert (sweep_dir / "report" / "phase_table.csv").is_file()
+    assert (sweep_dir / "report" / "mark").exists() == (interrupted_after_renames == 1)
+    assert not [p.name for p in sweep_dir.iterdir() if p.name.startswith(".report")]
+
+
 def test_a_helper_that_never_gets_ready_does_not_hold_up_the_report(tmp_path, monkeypatch):
     from vi_sweep.analysis.figure_helper import FigureHelper, draw_all
 

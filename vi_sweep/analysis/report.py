@@ -298,12 +298,20 @@ def _check_cell(runs: pd.DataFrame, cell: Mapping[str, Any]) -> None:
 
 
 def _swap_in(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging``: rename the old report aside, rename the new one in, delete the old."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old.{os.getpid()}")
-        final.rename(old)
-    staging.rename(final)
+    """Replace ``final`` by ``staging``: rename the old report aside, rename the new one in, delete
+    the old. Stopped half-way (a Ctrl-C between the renames), the old report is put back."""
+    old = final.with_name(f".{final.name}.old.{os.getpid()}") if final.exists() else None
+    try:
+        if old is not None:
+            final.rename(old)
+        staging.rename(final)
+    except BaseException:
+        if old is not None and old.exists():
+            if final.exists():  # the new one got in: only the old one is left to delete
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.rename(final)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
