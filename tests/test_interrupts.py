@@ -160,11 +160,11 @@ SMALL_GRID = (
 )
 
 
-def run_with(prelude: str, *args: str) -> subprocess.CompletedProcess:
+def run_with(prelude: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
     """``python -m vi_sweep ARGS`` as the command runs it (``vi_sweep.__main__.cli``), after ``prelude``."""
     program = textwrap.dedent(prelude) + "\nimport sys\nfrom vi_sweep.__main__ import cli\nsys.argv = ['vi_sweep', *sys.argv[1:]]\ncli()\n"
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.run([sys.executable, "-c", program, *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run([sys.executable, "-c", program, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
 # The third job's write is interrupted, and the interrupt turned into another error on its way out.
@@ -244,3 +244,15 @@ def test_the_installed_script_ends_a_ctrl_c_in_one_line_as_python_m_does(tmp_pat
     result = subprocess.run([sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip().splitlines() == ["vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)"]
+
+
+def test_an_interrupted_sweep_named_by_the_time_says_which_directory_to_resume(tmp_path):
+    """The default sweep directory is named by the time: the same command would start another."""
+    result = run_with(INTERRUPT_BECOMES_ANOTHER_ERROR, "multirun", *SMALL_GRID, cwd=tmp_path)
+    assert result.returncode == 130, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"vi_sweep: interrupted: 2 of 6 runs written; rerun the same command with hydra.sweep.dir={sweep} to resume"
+    rerun = run_cli("multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "6 jobs (4 computed, 2 resumed)" in rerun.stdout

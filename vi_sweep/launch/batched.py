@@ -37,6 +37,7 @@ import functools
 import gc
 import logging
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -156,7 +157,7 @@ def launch(
         except (LauncherOptionError, SizeError) as err:  # raised before any job is written
             _fail_before_writing(sweep_dir, err)
         except BaseException as err:
-            written = f"{len(landed | set(returns))} of {len(jobs)} runs written; rerun the same command to resume"
+            written = f"{len(landed | set(returns))} of {len(jobs)} runs written; {how_to_resume(config, sweep_dir)}"
             # A Ctrl-C that some cleanup on its way out turned into another exception is one all the same.
             if isinstance(err, KeyboardInterrupt) or interrupt_noted():
                 _stop(130, f"interrupted: {written}")
@@ -182,6 +183,15 @@ def launch(
         flush=True,
     )
     return [returns[position] for position in range(len(jobs))]
+
+
+def how_to_resume(config: DictConfig, sweep_dir: Path) -> str:
+    """What to rerun: the same command, or -- if its sweep directory is named by the time (the
+    default, ``${now:...}``), which a rerun would name anew -- with this directory given."""
+    unresolved = OmegaConf.to_container(config.hydra.sweep, resolve=False)
+    if "${now:" in str(unresolved.get("dir", "")):  # type: ignore[union-attr]
+        return f"rerun the same command with hydra.sweep.dir={shlex.quote(str(sweep_dir))} to resume"
+    return "rerun the same command to resume"
 
 
 def _stop(code: int, message: str) -> NoReturn:
