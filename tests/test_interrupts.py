@@ -256,3 +256,13 @@ def test_an_interrupted_sweep_named_by_the_time_says_which_directory_to_resume(t
     rerun = run_cli("multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert "6 jobs (4 computed, 2 resumed)" in rerun.stdout
+
+
+def test_a_ctrl_c_in_a_later_batch_counts_the_sweeps_runs_not_only_the_batchs(tmp_path):
+    """Hydra's sweeper hands a max_batch_size sweep (or Optuna's trials) over batch by batch."""
+    sweep = tmp_path / "sweep"
+    result = run_with(INTERRUPT_BECOMES_ANOTHER_ERROR, "multirun", *SMALL_GRID, "hydra.sweeper.max_batch_size=2", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 130, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == "vi_sweep: interrupted: 2 runs written (0 of 2 in batch 2); rerun the same command to resume"
+    assert len(list(sweep.glob("*/metrics.parquet"))) == 2

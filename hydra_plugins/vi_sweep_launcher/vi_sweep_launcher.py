@@ -37,6 +37,7 @@ class BatchedLauncher(Launcher):
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.compiled_shapes: dict = {}  # program -> the (streams, runs per stream) it was compiled for, kept across the batches of one sweep
+        self.tally: Any = None  # vi_sweep.launch.batched.SweepTally: the sweep's batches and runs written so far
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         name = f"{getattr(task_function, '__module__', '?')}.{getattr(task_function, '__qualname__', '?')}"
@@ -66,9 +67,10 @@ class BatchedLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         """One batch of jobs (the whole grid from the basic sweeper; ``n_jobs`` trials from Optuna's),
         as one vmapped program per shape; each JobReturn holds the job's value for the sweeper."""
-        from vi_sweep.launch.batched import launch
+        from vi_sweep.launch.batched import SweepTally, launch
 
         assert self.hydra_context is not None and self.config is not None
+        self.tally = self.tally or SweepTally()
         # From here on every composition is a job's own config: checking only was for the
         # validation of the first batch (later batches of a max_batch_size sweep are
         # validated at the normal cost; nothing after the sweep can get a shared config).
@@ -80,4 +82,5 @@ class BatchedLauncher(Launcher):
             initial_job_idx=initial_job_idx,
             options=self.options,
             compiled_shapes=self.compiled_shapes,
+            tally=self.tally,
         )

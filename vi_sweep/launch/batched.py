@@ -86,6 +86,15 @@ class SweepJob:
     rule: ValueRule = ValueRule()  # what it returns to the sweeper (optimized_metric, nonfinite_value)
 
 
+@dataclass
+class SweepTally:
+    """The batches of one sweep launched so far, and the runs they wrote: a Ctrl-C in a later batch
+    (Optuna's trials, ``hydra.sweeper.max_batch_size``) counts the sweep's runs, not the batch's."""
+
+    batches: int = 0
+    runs_written: int = 0
+
+
 @contextlib.contextmanager
 def _gc_frozen():
     """Everything alive now (JAX, Hydra, the master config) is long-lived: keep it out of the
@@ -108,6 +117,7 @@ def launch(
     initial_job_idx: int,
     options: BatchedLauncherConf,
     compiled_shapes: Optional[dict] = None,
+    tally: Optional[SweepTally] = None,
 ) -> list[JobReturn]:
     """Run one batch of a Hydra sweep; return one :class:`JobReturn` per job, in order, each
     holding the job's value for the sweeper (:mod:`vi_sweep.launch.job_values`).
@@ -115,8 +125,10 @@ def launch(
     ``compiled_shapes``: the call shape each program was compiled for by earlier batches of this
     sweep (a searching sweeper hands its trials over batch by batch), updated here: a batch that
     fits in it is padded up to it, so the search compiles each program once.
+    ``tally``: the earlier batches of this sweep and the runs they wrote, updated here.
     """
     compiled_shapes = {} if compiled_shapes is None else compiled_shapes
+    tally = SweepTally() if tally is None else tally
     started = time.perf_counter()
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -157,7 +169,9 @@ def launch(
         except (LauncherOptionError, SizeError) as err:  # raised before any job is written
             _fail_before_writing(sweep_dir, err)
         except BaseException as err:
-            written = f"{len(landed | set(returns))} of {len(jobs)} runs written; {how_to_resume(config, sweep_dir)}"
+            here = f"{len(landed | set(returns))} of {len(jobs)}"
+            written = f"{here} runs written" if not tally.batches else f"{tally.runs_written + len(landed | set(returns))} runs written ({here} in batch {tally.batches + 1})"
+            written += f"; {how_to_resume(config, sweep_dir)}"
             # A Ctrl-C that some cleanup on its way out turned into another exception is one all the same.
             if isinstance(err, KeyboardInterrupt) or interrupt_noted():
                 _stop(130, f"interrupted: {written}")
@@ -173,6 +187,8 @@ def launch(
     )
     for position, value in enumerate(values):
         returns[position].return_value = value
+    tally.batches += 1
+    tally.runs_written += len(landed | set(returns))
     elapsed = time.perf_counter() - started
     relocated = sum(job.relocated_from is not None for job in jobs)
     moved = f"; {relocated} computed under new job numbers (their own held other configs' runs)" if relocated else ""
