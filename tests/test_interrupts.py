@@ -266,3 +266,34 @@ def test_a_ctrl_c_in_a_later_batch_counts_the_sweeps_runs_not_only_the_batchs(tm
     last = result.stderr.strip().splitlines()[-1]
     assert last == "vi_sweep: interrupted: 2 runs written (0 of 2 in batch 2); rerun the same command to resume"
     assert len(list(sweep.glob("*/metrics.parquet"))) == 2
+
+
+# A Ctrl-C the moment submitit has submitted the tasks (its batch() block ended), before anything else.
+CTRL_C_RIGHT_AFTER_SUBMITTING = """
+    import contextlib, signal
+    import vi_sweep.launch.cluster as cluster
+    real_make = cluster.make_options_executor
+    def make_options_executor(options):
+        executor = real_make(options)
+        real_batch = executor.batch
+        @contextlib.contextmanager
+        def batch(*args, **kwargs):
+            with real_batch(*args, **kwargs):
+                yield
+            signal.raise_signal(signal.SIGINT)
+        executor.batch = batch
+        return executor
+    cluster.make_options_executor = make_options_executor
+"""
+
+
+@pytest.mark.slow
+def test_tasks_submitted_just_before_a_ctrl_c_are_in_the_ledger_for_the_rerun_to_collect(tmp_path):
+    from vi_sweep.launch.task_ledger import recorded_tasks
+
+    sweep = tmp_path / "sweep"
+    engine = ("hydra.launcher.engine=submitit", "hydra.launcher.submitit_cluster=local", f"hydra.launcher.submitit_folder={tmp_path}/submitit/%j")
+    result = run_with(CTRL_C_RIGHT_AFTER_SUBMITTING, "multirun", *SMALL_GRID, *engine, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(recorded_tasks(sweep)) == 3  # 6 runs, 2 a call

@@ -41,6 +41,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 from vi_sweep.host import available_cores
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.slurm_queue import NEVER_START_REASONS, UNKNOWN, TaskState, cancel, task_states
+from vi_sweep.launch.interrupts import interrupts_held
 from vi_sweep.launch.task_ledger import LEDGER_FILE, RecordedTask, computation_id, record_tasks, recorded_tasks
 
 log = logging.getLogger(__name__)
@@ -324,7 +325,8 @@ def run_on_submitit(
     except KeyboardInterrupt:  # SLURM tasks are recorded: they go on, and a rerun collects them
         if options.submitit_cluster != "slurm":  # local tasks got the same Ctrl-C
             raise
-        print("\nvi_sweep: interrupted; submitted tasks keep running: rerun the same command to collect them", file=sys.stderr, flush=True)
+        after_bar = "\n" if sys.stderr.isatty() else ""  # off the progress bar's line
+        print(f"{after_bar}vi_sweep: interrupted; submitted tasks keep running: rerun the same command to collect them", file=sys.stderr, flush=True)
         sys.exit(130)
     except NeverStarts as never:
         cancel([task.job_id for task in submitted] + [task.job_id for task in collected if task.outcome is None])
@@ -403,31 +405,34 @@ def _submit(plan, requests, options: BatchedLauncherConf, cache_dir, one_device:
         raise LauncherOptionError(f"hydra.launcher.submitit_cluster={options.submitit_cluster}: {message}") from None
     fixed_folder = _first_fixed_folder(options.submitit_folder)
     before = _entries(fixed_folder)
-    try:
-        # submitit prints sbatch's complaint to stderr before raising it: it goes into our one line instead.
-        with contextlib.redirect_stderr(io.StringIO()), executor.batch():
-            jobs = [
-                executor.submit(
-                    train_chunk,
-                    tuple(plan.chunks[request.chunk].spec),
-                    [dict(plan.computations[position].traced) for position in request.computed],
-                    runs_per_stream=request.runs_per_stream,
-                    cpu_devices=options.cpu_devices,
-                    cpu_vector_width=options.cpu_vector_width,
-                    shard=options.shard,
-                    one_device=request.chunk in one_device,
-                    compilation_cache_dir=cache_dir,
-                )
-                for request in requests
-            ]
-    except FailedJobError as err:  # sbatch refused the array: nothing was submitted
-        _remove_new_entries(fixed_folder, before)
-        raise LauncherOptionError(f"sbatch refused the tasks ({describe_request(options)}): {sbatch_complaint(str(err))}") from None
-    keys = [tuple(computation_id(plan.computations[p].spec, plan.computations[p].traced) for p in request.computed) for request in requests]
-    tasks = [Task(job.job_id, job.paths.result_pickle, job.paths.stderr, runs, job=job) for job, runs in zip(jobs, keys)]
-    if options.submitit_cluster != "debug":  # debug tasks run inside this process: nothing outlives it
-        record_tasks(sweep_dir, [RecordedTask(t.job_id, str(t.result_file), str(t.log_file), settings, t.runs) for t in tasks])
-    return tasks
+    # Held from submission to the ledger: a Ctrl-C lands after the submitted tasks are recorded,
+    # so a rerun collects them instead of submitting them again.
+    with interrupts_held():
+        try:
+            # submitit prints sbatch's complaint to stderr before raising it: it goes into our one line instead.
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                jobs = [
+                    executor.submit(
+                        train_chunk,
+                        tuple(plan.chunks[request.chunk].spec),
+                        [dict(plan.computations[position].traced) for position in request.computed],
+                        runs_per_stream=request.runs_per_stream,
+                        cpu_devices=options.cpu_devices,
+                        cpu_vector_width=options.cpu_vector_width,
+                        shard=options.shard,
+                        one_device=request.chunk in one_device,
+                        compilation_cache_dir=cache_dir,
+                    )
+                    for request in requests
+                ]
+        except FailedJobError as err:  # sbatch refused the array: nothing was submitted
+            _remove_new_entries(fixed_folder, before)
+            raise LauncherOptionError(f"sbatch refused the tasks ({describe_request(options)}): {sbatch_complaint(str(err))}") from None
+        keys = [tuple(computation_id(plan.computations[p].spec, plan.computations[p].traced) for p in request.computed) for request in requests]
+        tasks = [Task(job.job_id, job.paths.result_pickle, job.paths.stderr, runs, job=job) for job, runs in zip(jobs, keys)]
+        if options.submitit_cluster != "debug":  # debug tasks run inside this process: nothing outlives it
+            record_tasks(sweep_dir, [RecordedTask(t.job_id, str(t.result_file), str(t.log_file), settings, t.runs) for t in tasks])
+        return tasks
 
 
 def sbatch_complaint(stderr: str) -> str:
