@@ -97,3 +97,25 @@ def test_a_single_run_is_tracked_too_and_the_store_is_local_by_default(cli, tmp_
     assert store.is_file()
     children, parents = children_and_parent(client_for(f"sqlite:///{store}"), "vi_sweep runs")
     assert list(children) == [str((tmp_path / "run").resolve())] and parents == []
+
+
+def test_runs_written_before_a_ctrl_c_reach_mlflow_with_the_rerun(tmp_path):
+    """The interrupted process never got to log them (its queue goes with it); the rerun resumes
+    them without running them, and logs each finished job that has no finished child run yet."""
+    from tests.conftest import run_cli
+    from tests.test_interrupts import INTERRUPT_BECOMES_ANOTHER_ERROR, SMALL_GRID, run_with
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sweep = tmp_path / "sweep"
+    tracked = ("hydra/callbacks=mlflow", f"hydra.callbacks.mlflow.tracking_uri={uri}", "hydra.callbacks.mlflow.experiment=resumed",
+               f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep_summary.report=true")
+    interrupted = run_with(INTERRUPT_BECOMES_ANOTHER_ERROR, "multirun", *SMALL_GRID, *tracked)
+    assert interrupted.returncode == 130, interrupted.stderr
+    rerun = run_cli("multirun", *SMALL_GRID, *tracked)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "6 jobs (4 computed, 2 resumed)" in rerun.stdout
+    children, parents = children_and_parent(client_for(uri), "resumed")
+    jobs = sorted(str(p.parent.resolve()) for p in sweep.glob("*/metrics.parquet"))
+    assert sorted(children) == jobs and len(jobs) == 6
+    assert all(run.info.status == "FINISHED" and "outcome" in run.data.tags for run in children.values())
+    assert [p.info.status for p in parents if p.info.status != "KILLED"] == ["FINISHED"]  # the interrupted sweep's is KILLED

@@ -8,7 +8,8 @@ optional dependency (``pip install 'vi_sweep[mlflow]'``). Per multirun, :class:`
 - one **child run per job** (``on_job_end``): the run's flat config as params (``lr``,
   ``num_mc``, ``optimizer_b1`` ...), its logged rows as metrics by step (``kl_excess``, ``kl``,
   ``loss``, ``sigma_min`` ... at every logged step and tail probe), its status as a tag;
-- at the end (``on_multirun_end``, after the report): each child's outcome (a tag) and tail
+- at the end (``on_multirun_end``, after the report): a child run for each finished job that has
+  none yet (written before a Ctrl-C ended an earlier multirun, resumed by this one), then each child's outcome (a tag) and tail
   statistics (``tail_kl_excess``, ``excess_over_exact``, ``trend_slope`` ... as metrics, from the
   report's ``runs.csv``), and on the parent the outcome counts and the report's figures and tables
   as artifacts (``optimization_results.yaml`` too, after a search).
@@ -48,7 +49,9 @@ RUN_STATISTICS = (
 REPORT_ARTIFACTS = ("*.png", "*.pdf", "summary.md", "phase_table.csv", "runs.csv")
 MAX_METRICS_PER_CALL = 1000  # MLflow's log_batch limits
 MAX_PARAMS_PER_CALL = 100
-JOB_TAG = "vi_sweep.job_dir"
+JOB_TAG = "vi_sweep.job_dir"  # a child run's job directory
+SWEEP_TAG = "vi_sweep.sweep_dir"  # a parent run's sweep directory
+SEARCH_PAGE = 10_000  # runs a page when reading what an experiment holds
 DEFAULT_STORE = "outputs/mlflow.db"
 
 
@@ -138,8 +141,13 @@ class MLflowTracker(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         started = self._started_ms
-        artifacts = self.artifacts
-        self._worker and self._worker.submit(lambda store: store.log_sweep(sweep_dir, since_ms=started, artifacts=artifacts))
+        artifacts, metrics = self.artifacts, self.metrics
+
+        def log_sweep(store: _Store) -> None:
+            store.log_unlogged(sweep_dir, metrics)
+            store.log_sweep(sweep_dir, since_ms=started, artifacts=artifacts)
+
+        self._worker and self._worker.submit(log_sweep)
         self._finish()
 
     # -- plumbing --------------------------------------------------------------------------------
@@ -280,7 +288,7 @@ class _Store:
             experiment_id = client.create_experiment(name, artifact_location=location)
         parent_id = None
         if parent and sweep_dir is not None:
-            run = client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}", tags={"vi_sweep.sweep_dir": str(sweep_dir)})
+            run = client.create_run(experiment_id, run_name=f"sweep {sweep_dir.name}", tags={SWEEP_TAG: str(sweep_dir)})
             parent_id = run.info.run_id
         return cls(client, experiment_id, parent_id)
 
@@ -308,6 +316,44 @@ class _Store:
             )
         self.client.set_terminated(run.info.run_id, status="FINISHED", end_time=job.started)
         self.children[job.out_dir] = run.info.run_id
+
+    def log_unlogged(self, sweep_dir: Path, metrics: Sequence[str]) -> int:
+        """Log each finished job of the sweep that has no finished child run in the experiment;
+        return how many. A Ctrl-C (or a kill) ends the sweep's process before its queue is logged,
+        and the next multirun resumes those jobs instead of running them (no ``on_job_end``).
+
+        A child run left unfinished by such a process is deleted and logged anew; so is marked
+        KILLED a parent run of this sweep directory left running."""
+        from vi_sweep.store.metrics import job_files
+
+        logged = set(self.children)
+        for run in self._runs():
+            tags, finished = run.data.tags, run.info.status == "FINISHED"
+            if JOB_TAG in tags:
+                if finished:
+                    logged.add(Path(tags[JOB_TAG]))
+                elif Path(tags[JOB_TAG]).is_relative_to(sweep_dir):
+                    self.client.delete_run(run.info.run_id)
+            elif tags.get(SWEEP_TAG) == str(sweep_dir) and not finished and run.info.run_id != self.parent_id:
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        count = 0
+        for metrics_file in job_files(sweep_dir):
+            out_dir = metrics_file.parent.resolve()
+            job = None if out_dir in logged else read_job(out_dir, metrics)
+            if job is not None:
+                self.log_job(job)
+                count += 1
+        return count
+
+    def _runs(self) -> Any:
+        """Every run of the experiment, page by page."""
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], max_results=SEARCH_PAGE, page_token=token)
+            yield from page
+            token = page.token
+            if not token:
+                return
 
     def log_sweep(self, sweep_dir: Path, *, since_ms: int, artifacts: bool) -> None:
         """The report's view of each run logged here (outcome, tail statistics) on its child run,
