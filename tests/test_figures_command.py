@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -204,3 +205,28 @@ def test_a_figure_drawn_from_further_sweeps_runs_each_and_records_their_runs(tmp
 def test_more_sweeps_is_checked_with_the_declaration(entry, message):
     with pytest.raises(DeclarationError, match=re.escape(message)):
         parse_declarations({"figures": {"f": entry}}, "figures.yaml")
+
+
+def test_a_ctrl_c_while_figures_are_installed_lands_after_the_manifest(tmp_path, monkeypatch):
+    """The figures and the manifest that names them go in together: a Ctrl-C after the first file
+    is renamed in waits until the last is, and the manifest written."""
+    import signal
+
+    import vi_sweep.figures_command as figures_command
+    from vi_sweep.analysis.paper import MANIFEST
+
+    staging, img = tmp_path / "staging", tmp_path / "img"
+    staging.mkdir()
+    for name in ("a.png", "a.pdf", "b.png"):
+        (staging / name).write_bytes(name.encode())
+    real_replace = os.replace
+
+    def replace_then_interrupt(src, dst):
+        real_replace(src, dst)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(figures_command.os, "replace", replace_then_interrupt)
+    figures = {"a": {"files": {"a.png": "x", "a.pdf": "y"}}, "b": {"files": {"b.png": "z"}}}
+    with pytest.raises(KeyboardInterrupt):
+        figures_command.install(staging, img, figures)
+    assert sorted(p.name for p in img.iterdir() if not p.name.startswith(".")) == sorted(["a.png", "a.pdf", "b.png", MANIFEST])

@@ -277,11 +277,15 @@ def install(staging: Path, img: Path, figures: Mapping[str, dict]) -> None:
     """Rename the staged files into ``img`` one by one, write the manifest last, and delete the files of figures no longer in it."""
     from vi_sweep.analysis.paper import MANIFEST, manifest_text
 
+    from vi_sweep.launch.interrupts import interrupts_held
+
     img.mkdir(parents=True, exist_ok=True)
     old = read_manifest(img / MANIFEST)["figures"] if (img / MANIFEST).exists() else {}
-    for path in sorted(staging.iterdir()):
-        os.replace(path, img / path.name)
-    write_atomically(img / MANIFEST, manifest_text(figures, provenance()))
+    text = manifest_text(figures, provenance())
+    with interrupts_held():  # the files and the manifest naming them go in together
+        for path in sorted(staging.iterdir()):
+            os.replace(path, img / path.name)
+        write_atomically(img / MANIFEST, text)
     for name, entry in old.items():
         if name not in figures:
             for file in entry.get("files", {}):
