@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -120,17 +121,40 @@ def restored_sigint():
 
 
 def test_a_noted_ctrl_c_is_remembered_while_the_program_unwinds(restored_sigint):
+    seen: list[bool] = []
     with pytest.raises(AttributeError):
         with interrupts_noted():
             assert not interrupt_noted()
             try:
-                signal.raise_signal(signal.SIGINT)
-            finally:  # what OmegaConf's flag_override does to a list left half-appended
-                raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
-    assert interrupt_noted()
-    with interrupts_noted():  # a new block after the one that was interrupted starts afresh
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                finally:  # what OmegaConf's flag_override does to a list left half-appended
+                    raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+            finally:
+                seen.append(interrupt_noted())
+    assert seen == [True]
+    # Left, even after an interrupt, the block gives Python's handler back (a notebook, a driver script go on).
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler and not interrupt_noted()
+    with interrupts_noted():  # a new block starts afresh
         assert not interrupt_noted()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_ctrl_c_dropped_by_a_garbage_collector_callback_arrives_a_moment_later(restored_sigint):
+    """Python prints a KeyboardInterrupt raised in a __del__ or a gc callback (JAX has one) as
+    "Exception ignored" and drops it: the block sends it again."""
+    hook = sys.unraisablehook
+
+    class Dropped:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_noted():
+            Dropped()  # gone at once: its __del__ gets the Ctrl-C
+            time.sleep(5)  # the Ctrl-C sent again lands here
+    assert sys.unraisablehook is hook
 
 
 def test_nested_noting_blocks_share_one_handler_and_leave_pythons_behind(restored_sigint):
@@ -297,3 +321,76 @@ def test_tasks_submitted_just_before_a_ctrl_c_are_in_the_ledger_for_the_rerun_to
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr
     assert len(recorded_tasks(sweep)) == 3  # 6 runs, 2 a call
+
+
+TWO_CTRL_CS_WHILE_HELD = """
+    import signal
+    from vi_sweep.launch.interrupts import interrupts_held, interrupts_noted
+    with interrupts_noted():
+        with interrupts_held():  # a slow submission, say
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        print("not reached")
+"""
+
+
+def test_two_ctrl_cs_while_held_end_the_process_at_once_as_two_would_have():
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(TWO_CTRL_CS_WHILE_HELD)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130 and "not reached" not in result.stdout
+    assert result.stderr.strip() == interrupts.AGAIN.decode().strip()
+
+
+def test_a_config_asked_for_again_in_a_later_batch_is_counted_once(tmp_path):
+    """lr=0.01 twice, a batch each: the second is resumed from the first's file, not another run."""
+    sweep = tmp_path / "sweep"
+    grid = ("lr=0.01,0.03,0.01,0.1", "seed=0", *SMALL_GRID[2:], "hydra.sweeper.max_batch_size=1")
+    result = run_with(INTERRUPT_BECOMES_ANOTHER_ERROR, "multirun", *grid, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "vi_sweep: interrupted: 2 runs written (0 of 1 in batch 4); rerun the same command to resume"
+    assert len(list(sweep.glob("*/metrics.parquet"))) == 2
+
+
+# The SLURM engine's Ctrl-C: its tasks go on, and it says so in its own line.
+SLURM_CTRL_C = """
+    import signal, sys
+    import vi_sweep.launch.cluster as cluster
+    def run_on_submitit(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            print("vi_sweep: interrupted; submitted tasks keep running: rerun the same command to collect them", file=sys.stderr, flush=True)
+            sys.exit(130)
+    cluster.run_on_submitit = run_on_submitit
+"""
+
+
+def test_the_slurm_engines_own_interrupt_line_is_the_only_one(tmp_path):
+    result = run_with(SLURM_CTRL_C, "multirun", *SMALL_GRID, "hydra.launcher.engine=submitit", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 130, result.stderr
+    assert [line for line in result.stderr.splitlines() if "interrupted" in line] == [
+        "vi_sweep: interrupted; submitted tasks keep running: rerun the same command to collect them"
+    ]
+
+
+# A Ctrl-C that OmegaConf turns into a config error while Hydra composes, before any launcher runs.
+CTRL_C_AS_A_CONFIG_ERROR = """
+    import signal
+    from omegaconf.errors import ConfigKeyError
+    import hydra._internal.config_loader_impl as loader
+    real_load, calls = loader.ConfigLoaderImpl.load_configuration, []
+    def load_configuration(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            return real_load(*args, **kwargs)
+        try:
+            signal.raise_signal(signal.SIGINT)
+        finally:
+            raise ConfigKeyError("Key 'defaults' is not in struct")
+    loader.ConfigLoaderImpl.load_configuration = load_configuration
+"""
+
+
+def test_a_ctrl_c_that_becomes_a_config_error_while_hydra_composes_is_the_interrupt_line(tmp_path):
+    result = run_with(CTRL_C_AS_A_CONFIG_ERROR, "multirun", *SMALL_GRID, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.strip().splitlines() == ["vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)"]

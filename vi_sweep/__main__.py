@@ -144,7 +144,7 @@ def cli() -> NoReturn:
             # Ctrl-C where no launcher counted the runs: every file written is whole
             print("vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)", file=sys.stderr)
             status = 130
-    exit_now(status)
+        exit_now(status)  # inside: a further Ctrl-C ends the process at once, to the last
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
@@ -92,7 +92,7 @@ class SweepTally:
     (Optuna's trials, ``hydra.sweeper.max_batch_size``) counts the sweep's runs, not the batch's."""
 
     batches: int = 0
-    runs_written: int = 0
+    runs_written: set = field(default_factory=set)  # their directories: a run a later batch asks for again is resumed from its own, not counted twice
 
 
 @contextlib.contextmanager
@@ -129,6 +129,8 @@ def launch(
     """
     compiled_shapes = {} if compiled_shapes is None else compiled_shapes
     tally = SweepTally() if tally is None else tally
+    if interrupt_noted():  # a Ctrl-C that Hydra's own code swallowed on the way here (its get_mode catches everything)
+        raise KeyboardInterrupt
     started = time.perf_counter()
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -138,6 +140,8 @@ def launch(
         contents = scan_sweep(sweep_dir)
         jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, contents, resume=options.resume, compact=options.layout == "compact")
     except CONFIG_ERRORS as err:  # a job's config: Hydra could not compose it, or the trainer cannot run it
+        if interrupt_noted():  # not the config: a Ctrl-C that OmegaConf, half-way through a change, turned into this
+            raise KeyboardInterrupt from err
         _fail_before_writing(sweep_dir, err)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log.info("Launching %d jobs in batches (vi_sweep batched launcher); composed in %.1f s", len(jobs), time.perf_counter() - started)
@@ -169,8 +173,11 @@ def launch(
         except (LauncherOptionError, SizeError) as err:  # raised before any job is written
             _fail_before_writing(sweep_dir, err)
         except BaseException as err:
+            if isinstance(err, SystemExit):  # its own line is out already (the SLURM engine's Ctrl-C)
+                raise
+            written_here = {jobs[p].out_dir for p in landed | set(returns)}
             here = f"{len(landed | set(returns))} of {len(jobs)}"
-            written = f"{here} runs written" if not tally.batches else f"{tally.runs_written + len(landed | set(returns))} runs written ({here} in batch {tally.batches + 1})"
+            written = f"{here} runs written" if not tally.batches else f"{len(tally.runs_written | written_here)} runs written ({here} in batch {tally.batches + 1})"
             written += f"; {how_to_resume(config, sweep_dir)}"
             # A Ctrl-C that some cleanup on its way out turned into another exception is one all the same.
             if isinstance(err, KeyboardInterrupt) or interrupt_noted():
@@ -188,7 +195,7 @@ def launch(
     for position, value in enumerate(values):
         returns[position].return_value = value
     tally.batches += 1
-    tally.runs_written += len(landed | set(returns))
+    tally.runs_written.update(jobs[p].out_dir for p in landed)
     elapsed = time.perf_counter() - started
     relocated = sum(job.relocated_from is not None for job in jobs)
     moved = f"; {relocated} computed under new job numbers (their own held other configs' runs)" if relocated else ""

@@ -17,11 +17,15 @@ once, to whatever handler was in place, as soon as the block is left.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
+import functools
 import os
 import signal
+import sys
 import threading
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 _noted = False  # a SIGINT came while interrupts_noted's handler was in place
 _depth = 0  # interrupts_noted blocks open
@@ -50,25 +54,47 @@ def interrupts_noted() -> Iterator[None]:
     a second SIGINT ends the process at once (status 130).
 
     Only over Python's own handler, in the main thread: a user's handler stays theirs, and an
-    enclosing block's handler is this one already. Left without an interrupt, the previous handler
-    is back; after one the process is on its way out, and a further Ctrl-C ends it at once.
+    enclosing block's handler is this one already. Python's handler is back when the outermost
+    block is left (a caller that wants a second Ctrl-C to end it at once to the last leaves the
+    process inside the block, as ``python -m vi_sweep`` does).
+
+    A Ctrl-C that lands where Python cannot raise it -- a garbage-collector callback (JAX has one),
+    a ``__del__`` -- is printed as "Exception ignored" and dropped; while the block runs it is sent
+    again instead, from a thread, and arrives a moment later where it can be raised.
     """
     global _noted, _depth
     handler = signal.getsignal(signal.SIGINT)
-    ours = handler is _note_and_raise and _depth > 0  # an enclosing block's (not one left after an interrupt)
     if threading.current_thread() is not threading.main_thread() or handler not in (signal.default_int_handler, _note_and_raise):
         yield
         return
-    if not ours:
+    outermost = _depth == 0
+    if outermost:
         _noted = False
         signal.signal(signal.SIGINT, _note_and_raise)
+        previous_hook, sys.unraisablehook = sys.unraisablehook, functools.partial(_send_dropped_interrupt_again, sys.unraisablehook)
     _depth += 1
     try:
         yield
     finally:
         _depth -= 1
-        if not ours and not _noted:
+        if outermost:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.unraisablehook = previous_hook
+
+
+def _send_dropped_interrupt_again(previous_hook: Callable[[Any], None], unraisable: Any) -> None:
+    global _noted
+    if not (issubclass(unraisable.exc_type, KeyboardInterrupt) and signal.getsignal(signal.SIGINT) is _note_and_raise):
+        previous_hook(unraisable)
+        return
+    _noted = False  # not the user's second Ctrl-C: their first, again
+    # A bare thread: threading.Thread.start waits for it to start, here, where a Ctrl-C is dropped again.
+    _thread.start_new_thread(_interrupt_this_process, (0.01,))
+
+
+def _interrupt_this_process(after: float) -> None:
+    time.sleep(after)  # out of the callback that dropped it, most likely (if not, it is sent again)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -82,6 +108,7 @@ def interrupts_held() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
         yield  # None: a handler set from C, which Python could not put back
         return
+    global _noted
     held: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
     try:
@@ -89,4 +116,6 @@ def interrupts_held() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         if held:
+            if len(held) > 1 and previous is _note_and_raise:
+                _noted = True  # two came while held: the second ends the process at once, as it would have
             signal.raise_signal(signal.SIGINT)
