@@ -144,7 +144,13 @@ class MLflowTracker(Callback):
         artifacts, metrics = self.artifacts, self.metrics
 
         def log_sweep(store: _Store) -> None:
-            store.log_unlogged(sweep_dir, metrics)
+            from mlflow.exceptions import MlflowException
+
+            try:
+                store.log_unlogged(sweep_dir, metrics)
+            except MlflowException as err:  # the earlier runs only: this multirun's are logged, its summary goes on
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                print(f"vi_sweep: warning: MLflow: runs of earlier multiruns not logged: {reason}", file=sys.stderr, flush=True)
             store.log_sweep(sweep_dir, since_ms=started, artifacts=artifacts)
 
         self._worker and self._worker.submit(log_sweep)
@@ -322,11 +328,15 @@ class _Store:
         return how many. A Ctrl-C (or a kill) ends the sweep's process before its queue is logged,
         and the next multirun resumes those jobs instead of running them (no ``on_job_end``).
 
-        A child run left unfinished by such a process is deleted and logged anew; so is marked
-        KILLED a parent run of this sweep directory left running."""
+        The experiment is read only when some job of the sweep was not logged by this process
+        (~1 ms a run). Then a child run left unfinished by such a process is deleted and logged
+        anew, and a parent run of this sweep directory left running is marked KILLED."""
         from vi_sweep.store.metrics import job_files
 
         logged = set(self.children)
+        out_dirs = [metrics_file.parent.resolve() for metrics_file in job_files(sweep_dir)]
+        if all(out_dir in logged for out_dir in out_dirs):  # the usual case: every job ran, and was logged, here
+            return 0
         for run in self._runs():
             tags, finished = run.data.tags, run.info.status == "FINISHED"
             if JOB_TAG in tags:
@@ -337,8 +347,7 @@ class _Store:
             elif tags.get(SWEEP_TAG) == str(sweep_dir) and not finished and run.info.run_id != self.parent_id:
                 self.client.set_terminated(run.info.run_id, status="KILLED")
         count = 0
-        for metrics_file in job_files(sweep_dir):
-            out_dir = metrics_file.parent.resolve()
+        for out_dir in out_dirs:
             job = None if out_dir in logged else read_job(out_dir, metrics)
             if job is not None:
                 self.log_job(job)
