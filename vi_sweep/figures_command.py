@@ -276,7 +276,6 @@ def merged(committed: Mapping[str, Any] | None, fresh: Mapping[str, dict], decla
 def install(staging: Path, img: Path, figures: Mapping[str, dict]) -> None:
     """Rename the staged files into ``img`` one by one, write the manifest last, and delete the files of figures no longer in it."""
     from vi_sweep.analysis.paper import MANIFEST, manifest_text
-
     from vi_sweep.launch.interrupts import interrupts_held
 
     img.mkdir(parents=True, exist_ok=True)

@@ -58,7 +58,7 @@ from vi_sweep.launch.history import abandon_if_fresh
 from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
 from vi_sweep.launch.job_values import ValueRule, assign_values, rule_of, run_summary
-from vi_sweep.launch.interrupts import interrupt_noted, interrupts_held, interrupts_noted
+from vi_sweep.launch.interrupts import interrupt_noted, interrupts_held, interrupts_noted, raise_if_interrupted
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
 from vi_sweep.launch.sweep_checks import is_basic_sweeper
@@ -129,8 +129,7 @@ def launch(
     """
     compiled_shapes = {} if compiled_shapes is None else compiled_shapes
     tally = SweepTally() if tally is None else tally
-    if interrupt_noted():  # a Ctrl-C that Hydra's own code swallowed on the way here (its get_mode catches everything)
-        raise KeyboardInterrupt
+    raise_if_interrupted()  # a Ctrl-C that Hydra's own code swallowed on the way here (its get_mode catches everything)
     started = time.perf_counter()
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
@@ -140,8 +139,7 @@ def launch(
         contents = scan_sweep(sweep_dir)
         jobs = compose_jobs(hydra_context, config, job_overrides, initial_job_idx, contents, resume=options.resume, compact=options.layout == "compact")
     except CONFIG_ERRORS as err:  # a job's config: Hydra could not compose it, or the trainer cannot run it
-        if interrupt_noted():  # not the config: a Ctrl-C that OmegaConf, half-way through a change, turned into this
-            raise KeyboardInterrupt from err
+        raise_if_interrupted(err)  # not the config: a Ctrl-C that OmegaConf, half-way through a change, turned into this
         _fail_before_writing(sweep_dir, err)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     log.info("Launching %d jobs in batches (vi_sweep batched launcher); composed in %.1f s", len(jobs), time.perf_counter() - started)
@@ -175,9 +173,9 @@ def launch(
         except BaseException as err:
             if isinstance(err, SystemExit):  # its own line is out already (the SLURM engine's Ctrl-C)
                 raise
-            written_here = {jobs[p].out_dir for p in landed | set(returns)}
-            here = f"{len(landed | set(returns))} of {len(jobs)}"
-            written = f"{here} runs written" if not tally.batches else f"{len(tally.runs_written | written_here)} runs written ({here} in batch {tally.batches + 1})"
+            done = landed | set(returns)
+            here = f"{len(done)} of {len(jobs)}"
+            written = f"{here} runs written" if not tally.batches else f"{len(tally.runs_written | {jobs[p].out_dir for p in done})} runs written ({here} in batch {tally.batches + 1})"
             written += f"; {how_to_resume(config, sweep_dir)}"
             # A Ctrl-C that some cleanup on its way out turned into another exception is one all the same.
             if isinstance(err, KeyboardInterrupt) or interrupt_noted():

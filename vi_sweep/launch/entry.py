@@ -30,6 +30,7 @@ def run_hydra(args: Sequence[str], commands: Mapping[str, str]) -> int:
 
     from vi_sweep.launch.config import CONF_DIR
     from vi_sweep.launch.errors import CONFIG_ERRORS, describe
+    from vi_sweep.launch.interrupts import raise_if_interrupted
     from vi_sweep.launch.task import task
 
     register_help_resolvers(commands)
@@ -47,7 +48,7 @@ def run_hydra(args: Sequence[str], commands: Mapping[str, str]) -> int:
         else:
             hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)()
     except CONFIG_ERRORS as err:
-        _raise_if_interrupted(err)
+        raise_if_interrupted(err)  # the Ctrl-C, not this error: the command's one line for it
         if asked_for_traces:
             raise
         _abandon_rejected_sweeps()
@@ -56,7 +57,7 @@ def run_hydra(args: Sequence[str], commands: Mapping[str, str]) -> int:
     except BrokenPipeError:  # output into a pipe that was closed (| head): nothing more to say
         return 0
     except Exception as err:  # noqa: BLE001 - not swallowed: reported as Hydra reports it, exit 1
-        _raise_if_interrupted(err)
+        raise_if_interrupted(err)  # the Ctrl-C, not this error: the command's one line for it
         if asked_for_traces:
             raise
         os.environ.pop(FULL_ERROR, None)
@@ -65,15 +66,6 @@ def run_hydra(args: Sequence[str], commands: Mapping[str, str]) -> int:
         if not asked_for_traces:
             os.environ.pop(FULL_ERROR, None)
     return 0
-
-
-def _raise_if_interrupted(err: BaseException) -> None:
-    """An error a Ctrl-C turned into on its way out (OmegaConf's, from a half-appended list, reads
-    as a config error) is the Ctrl-C: raised as one, for the command's one line."""
-    from vi_sweep.launch.interrupts import interrupt_noted
-
-    if interrupt_noted():
-        raise KeyboardInterrupt from err
 
 
 def _report_as_hydra_does(err: Exception) -> NoReturn:

@@ -39,6 +39,14 @@ def interrupt_noted() -> bool:
     return _noted and signal.getsignal(signal.SIGINT) is _note_and_raise
 
 
+def raise_if_interrupted(cause: BaseException | None = None) -> None:
+    """Raise ``KeyboardInterrupt`` (from ``cause``) if a Ctrl-C was noted: an error that a Ctrl-C
+    turned into on its way out (OmegaConf's, from a half-appended list, reads as a config error),
+    or a Ctrl-C that someone's ``except Exception`` swallowed, is the Ctrl-C."""
+    if interrupt_noted():
+        raise KeyboardInterrupt from cause
+
+
 def _note_and_raise(signum: int, frame: Any) -> None:
     global _noted
     if _noted:  # the second: the user wants out now, not after the tidy exit
