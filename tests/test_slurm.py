@@ -107,6 +107,15 @@ def start_sweep(*args: str, env: dict | None = None) -> subprocess.Popen:
     )
 
 
+def held_while(hold: Path) -> str:
+    """An override whose tasks wait in their setup while ``hold`` exists.
+
+    A task cancelled while held is cancelled before it can write its result, however fast its
+    runs are; a task that only waits for squeue to say RUNNING may have finished by the scancel.
+    """
+    return f'hydra.launcher.slurm_setup=["while test -e {hold}; do sleep 0.2; done"]'
+
+
 def submitted_tasks(sweep: Path) -> list[str]:
     """Ids of the tasks submitted into ``sweep``, from submitit's pickles (``.submitit/<id>/<id>_submitted.pkl``)."""
     ids = [path.parent.name for path in sweep.glob(".submitit/*/*_submitted.pkl")]
@@ -229,13 +238,16 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_a_cancelled_task_is_one_line_naming_it_and_a_rerun_computes_only_its_runs(slurm, tmp_path, one_cpu_reference):
-    sweep = tmp_path / "sweep"
-    args = (*GRID, *BATCHED_SLURM, NO_REPORT, f"hydra.sweep.dir={sweep}")
+    sweep, hold = tmp_path / "sweep", tmp_path / "hold"
+    hold.touch()
+    args = (*GRID, *BATCHED_SLURM, held_while(hold), NO_REPORT, f"hydra.sweep.dir={sweep}")
     launcher = start_sweep(*args)
     tasks = wait_until(lambda: len(submitted_tasks(sweep)) == 3 and submitted_tasks(sweep), "the launcher to submit its 3 tasks")
     first = tasks[0]  # the num_mc=1 group's 4 runs
     wait_until(lambda: squeue(first).get(first) == "RUNNING", f"task {first} to run")
     subprocess.run(["scancel", first], check=True)
+    wait_until(lambda: squeue(first).get(first, "CANCELLED") == "CANCELLED", f"task {first} to be cancelled")
+    hold.unlink()  # the other two go on
     out, err = launcher.communicate(timeout=180)
     assert launcher.returncode == 1, err
     line = _one_error_line(err)
@@ -278,8 +290,9 @@ def test_without_accounting_a_task_killed_before_its_result_does_not_hang_the_la
     fake.mkdir()
     (fake / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
     (fake / "sacct").chmod(0o755)
-    sweep = tmp_path / "sweep"
-    launcher = start_sweep(*ONE_TASK, *BATCHED_SLURM, NO_REPORT, f"hydra.sweep.dir={sweep}", env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
+    sweep, hold = tmp_path / "sweep", tmp_path / "hold"
+    hold.touch()  # never released: the task is cancelled in its setup
+    launcher = start_sweep(*ONE_TASK, *BATCHED_SLURM, held_while(hold), NO_REPORT, f"hydra.sweep.dir={sweep}", env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
     try:
         (task,) = wait_until(lambda: submitted_tasks(sweep), "the launcher to submit its task")
         wait_until(lambda: squeue(task).get(task) == "RUNNING", "the task to run")
