@@ -23,7 +23,6 @@ from tests.conftest import REPO, run_cli
 from tests.sweeps import flat_fields
 from vi_sweep.core.trainer import split_fields, train_one
 from vi_sweep.launch.batched import SweepJob, write_compact_jobs
-from vi_sweep.launch import interrupts
 from vi_sweep.launch.interrupts import interrupt_noted, interrupts_held, interrupts_noted
 from vi_sweep.launch.task import finish_job
 from vi_sweep.store import metrics as metrics_store
@@ -239,12 +238,15 @@ TWO_CTRL_CS = """
 """
 
 
+AGAIN = "vi_sweep: interrupted again: exiting now (every run file on disk is whole; rerun the same command to resume)"
+
+
 def test_a_second_ctrl_c_leaves_at_once_in_one_line_with_every_file_whole(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_with(TWO_CTRL_CS, "multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}")
     assert result.returncode == 130, result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == interrupts.AGAIN.decode().strip()
+    assert result.stderr.strip().splitlines()[-1] == AGAIN
     written = list(sweep.glob("*/metrics.parquet"))
     assert len(written) == 2 and all(read_fields(p) is not None for p in written)
     assert not list(sweep.rglob("*.tmp"))
@@ -277,6 +279,17 @@ def test_an_interrupted_sweep_named_by_the_time_says_which_directory_to_resume(t
     (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"vi_sweep: interrupted: 2 of 6 runs written; rerun the same command with hydra.sweep.dir={sweep} to resume"
+    rerun = run_cli("multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "6 jobs (4 computed, 2 resumed)" in rerun.stdout
+
+
+def test_a_second_ctrl_c_in_a_sweep_named_by_the_time_names_its_directory_too(tmp_path):
+    result = run_with(TWO_CTRL_CS, "multirun", *SMALL_GRID, cwd=tmp_path)
+    assert result.returncode == 130, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == AGAIN.replace("rerun the same command", f"rerun the same command with hydra.sweep.dir={sweep}")
     rerun = run_cli("multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
     assert "6 jobs (4 computed, 2 resumed)" in rerun.stdout
@@ -337,7 +350,7 @@ TWO_CTRL_CS_WHILE_HELD = """
 def test_two_ctrl_cs_while_held_end_the_process_at_once_as_two_would_have():
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(TWO_CTRL_CS_WHILE_HELD)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 130 and "not reached" not in result.stdout
-    assert result.stderr.strip() == interrupts.AGAIN.decode().strip()
+    assert result.stderr.strip() == AGAIN
 
 
 def test_a_config_asked_for_again_in_a_later_batch_is_counted_once(tmp_path):

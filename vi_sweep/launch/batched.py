@@ -58,7 +58,7 @@ from vi_sweep.launch.history import abandon_if_fresh
 from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
 from vi_sweep.launch.job_values import ValueRule, assign_values, rule_of, run_summary
-from vi_sweep.launch.interrupts import interrupt_noted, interrupts_held, interrupts_noted, raise_if_interrupted
+from vi_sweep.launch.interrupts import RERUN, interrupt_noted, interrupts_held, interrupts_noted, raise_if_interrupted, set_how_to_resume
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
 from vi_sweep.launch.sweep_checks import is_basic_sweeper
@@ -134,6 +134,7 @@ def launch(
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
+    set_how_to_resume(how_to_resume(config, sweep_dir))  # for the line a second Ctrl-C leaves with
     try:
         options.check()
         contents = scan_sweep(sweep_dir)
@@ -212,7 +213,7 @@ def how_to_resume(config: DictConfig, sweep_dir: Path) -> str:
     unresolved = OmegaConf.to_container(config.hydra.sweep, resolve=False)
     if "${now:" in str(unresolved.get("dir", "")):  # type: ignore[union-attr]
         return f"rerun the same command with hydra.sweep.dir={shlex.quote(str(sweep_dir))} to resume"
-    return "rerun the same command to resume"
+    return RERUN
 
 
 def _stop(code: int, message: str) -> NoReturn:

@@ -30,7 +30,21 @@ from typing import Any, Callable, Iterator
 _noted = False  # a SIGINT came while interrupts_noted's handler was in place
 _depth = 0  # interrupts_noted blocks open
 
-AGAIN = b"vi_sweep: interrupted again: exiting now (every run file on disk is whole; rerun the same command to resume)\n"
+RERUN = "rerun the same command to resume"
+_how_to_resume = RERUN  # what the "interrupted again" line says to do: set_how_to_resume
+
+
+def set_how_to_resume(text: str) -> None:
+    """What :func:`again_line` tells the user to do, once the caller knows (the launcher: the sweep
+    dir to give a rerun, where the sweep's dir is named by the time); back to :data:`RERUN` when
+    the outermost :func:`interrupts_noted` block begins."""
+    global _how_to_resume
+    _how_to_resume = text
+
+
+def again_line() -> str:
+    """The one line a second Ctrl-C leaves with (status 130)."""
+    return f"vi_sweep: interrupted again: exiting now (every run file on disk is whole; {_how_to_resume})"
 
 
 def interrupt_noted() -> bool:
@@ -50,7 +64,7 @@ def raise_if_interrupted(cause: BaseException | None = None) -> None:
 def _note_and_raise(signum: int, frame: Any) -> None:
     global _noted
     if _noted:  # the second: the user wants out now, not after the tidy exit
-        os.write(2, AGAIN)
+        os.write(2, f"{again_line()}\n".encode())
         os._exit(130)
     _noted = True
     raise KeyboardInterrupt
@@ -70,14 +84,14 @@ def interrupts_noted() -> Iterator[None]:
     a ``__del__`` -- is printed as "Exception ignored" and dropped; while the block runs it is sent
     again instead, from a thread, and arrives a moment later where it can be raised.
     """
-    global _noted, _depth
+    global _noted, _depth, _how_to_resume
     handler = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or handler not in (signal.default_int_handler, _note_and_raise):
         yield
         return
     outermost = _depth == 0
     if outermost:
-        _noted = False
+        _noted, _how_to_resume = False, RERUN
         signal.signal(signal.SIGINT, _note_and_raise)
         previous_hook, sys.unraisablehook = sys.unraisablehook, functools.partial(_send_dropped_interrupt_again, sys.unraisablehook)
     _depth += 1
