@@ -407,3 +407,25 @@ def test_a_ctrl_c_that_becomes_a_config_error_while_hydra_composes_is_the_interr
     result = run_with(CTRL_C_AS_A_CONFIG_ERROR, "multirun", *SMALL_GRID, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip().splitlines() == ["vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)"]
+
+
+# A Ctrl-C once every run is written, while the multirun's report is drawn.
+CTRL_C_IN_THE_REPORT = """
+    import signal
+    import vi_sweep.analysis.report as report
+    def write_report(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+    report.write_report = write_report
+"""
+
+
+def test_a_ctrl_c_in_the_report_names_the_command_that_writes_it(tmp_path):
+    result = run_with(CTRL_C_IN_THE_REPORT, "multirun", *SMALL_GRID, "hydra.callbacks.sweep_summary.report=true", cwd=tmp_path)
+    assert result.returncode == 130, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    assert len(list(sweep.glob("*/metrics.parquet"))) == 6
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"vi_sweep: interrupted; python -m vi_sweep report {sweep} writes the report of its 6 runs (finished runs are kept)"
+    report = run_cli("report", str(sweep), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert (sweep / "report" / "runs.csv").exists()

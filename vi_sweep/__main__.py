@@ -131,7 +131,7 @@ def cli() -> NoReturn:
     while a Ctrl-C unwinds the program (a half-updated config object's, say) is the interrupt
     too, and a second Ctrl-C leaves at once.
     """
-    from vi_sweep.launch.interrupts import interrupt_noted, interrupts_noted
+    from vi_sweep.launch.interrupts import interrupt_noted, interrupts_noted, resume_hint
 
     with interrupts_noted():
         try:
@@ -141,8 +141,8 @@ def cli() -> NoReturn:
         except BaseException as err:
             if not (isinstance(err, KeyboardInterrupt) or interrupt_noted()):
                 raise
-            # Ctrl-C where no launcher counted the runs: every file written is whole
-            print("vi_sweep: interrupted; rerun the same command to resume (finished runs are kept)", file=sys.stderr)
+            # Ctrl-C where no launcher counted the runs (composing, the report): every file written is whole
+            print(f"vi_sweep: interrupted; {resume_hint()} (finished runs are kept)", file=sys.stderr)
             status = 130
         exit_now(status)  # inside: a further Ctrl-C ends the process at once, to the last
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import shlex
 import sys
 import threading
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from vi_sweep.launch.interrupts import set_how_to_resume
 from vi_sweep.store.metrics import count_runs
 
 
@@ -150,6 +152,8 @@ class SweepSummary(Callback):
             # the cyclic collector's way, as in vi_sweep.launch.batched.launch, or the report's
             # pandas and matplotlib objects have it walk that heap again and again.
             gc.freeze()
+            # A Ctrl-C from here on: every run is written, only the report is missing (or the old one kept).
+            set_how_to_resume(f"python -m vi_sweep report {shlex.quote(str(sweep_dir))} writes the report of its {jobs} runs")
             try:
                 write_sweep_report(sweep_dir, helper=helper)
             finally:

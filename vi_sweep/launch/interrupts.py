@@ -42,9 +42,14 @@ def set_how_to_resume(text: str) -> None:
     _how_to_resume = text
 
 
+def resume_hint() -> str:
+    """What to do after a Ctrl-C, as far as this process knows (:func:`set_how_to_resume`)."""
+    return _how_to_resume
+
+
 def again_line() -> str:
     """The one line a second Ctrl-C leaves with (status 130)."""
-    return f"vi_sweep: interrupted again: exiting now (every run file on disk is whole; {_how_to_resume})"
+    return f"vi_sweep: interrupted again: exiting now (every run file on disk is whole; {resume_hint()})"
 
 
 def interrupt_noted() -> bool:
