@@ -99,11 +99,11 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = 120.
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}", pytrace=False)
 
 
-def start_sweep(*args: str, env: dict | None = None) -> subprocess.Popen:
+def start_sweep(*args: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.Popen:
     full_env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     full_env.update(env or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "vi_sweep", "multirun", *args], cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-m", "vi_sweep", "multirun", *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
@@ -235,6 +235,32 @@ def _one_error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vi_sweep: error: "), stderr
     return lines[0]
+
+
+def test_a_ctrl_c_leaves_the_tasks_running_and_names_the_time_named_dir_whose_rerun_collects_them(slurm, tmp_path):
+    hold = tmp_path / "hold"
+    hold.touch()
+    args = (*ONE_TASK, *BATCHED_SLURM, held_while(hold), NO_REPORT)  # no hydra.sweep.dir: named by the time
+    launcher = start_sweep(*args, cwd=tmp_path)
+    try:
+        (sweep,) = wait_until(lambda: [d for d in (tmp_path / "outputs" / "multiruns").glob("*/*") if recorded_tasks(d)], "the launcher to record its task")
+        launcher.send_signal(signal.SIGINT)
+        out, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert launcher.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"vi_sweep: interrupted; submitted tasks keep running: rerun the same command with hydra.sweep.dir={sweep} to collect them"
+    (task,) = submitted_tasks(sweep)
+    assert squeue(task).get(task) in ("PENDING", "RUNNING")  # the task outlives its launcher
+
+    hold.unlink()
+    rerun = run_cli("multirun", *args, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr
+    assert submitted_tasks(sweep) == [task]  # collected, not submitted again
+    assert len(list(sweep.glob("*/metrics.parquet"))) == 2
 
 
 def test_a_cancelled_task_is_one_line_naming_it_and_a_rerun_computes_only_its_runs(slurm, tmp_path, one_cpu_reference):

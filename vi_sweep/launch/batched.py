@@ -58,7 +58,7 @@ from vi_sweep.launch.history import abandon_if_fresh
 from vi_sweep.launch.devices import CompileCounts, count_compiles, device_memory_bytes, init_jax, quiet_jax_logs, start_batch, to_numpy
 from vi_sweep.launch.job_dirs import write_job_dir
 from vi_sweep.launch.job_values import ValueRule, assign_values, rule_of, run_summary
-from vi_sweep.launch.interrupts import RERUN, interrupt_noted, interrupts_held, interrupts_noted, raise_if_interrupted, set_how_to_resume
+from vi_sweep.launch.interrupts import SAME_COMMAND, interrupt_noted, interrupts_held, interrupts_noted, raise_if_interrupted, rerun, set_rerun
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.plain import to_plain
 from vi_sweep.launch.sweep_checks import is_basic_sweeper
@@ -134,7 +134,7 @@ def launch(
     setup_globals()
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     sweep_dir = Path(os.path.abspath(str(config.hydra.sweep.dir)))
-    set_how_to_resume(how_to_resume(config, sweep_dir))  # for the line a second Ctrl-C leaves with
+    set_rerun(rerun_command(config, sweep_dir))  # for every line a Ctrl-C leaves with
     try:
         options.check()
         contents = scan_sweep(sweep_dir)
@@ -177,7 +177,7 @@ def launch(
             done = landed | set(returns)
             here = f"{len(done)} of {len(jobs)}"
             written = f"{here} runs written" if not tally.batches else f"{len(tally.runs_written | {jobs[p].out_dir for p in done})} runs written ({here} in batch {tally.batches + 1})"
-            written += f"; {how_to_resume(config, sweep_dir)}"
+            written += f"; {rerun()} to resume"
             # A Ctrl-C that some cleanup on its way out turned into another exception is one all the same.
             if isinstance(err, KeyboardInterrupt) or interrupt_noted():
                 _stop(130, f"interrupted: {written}")
@@ -207,13 +207,13 @@ def launch(
     return [returns[position] for position in range(len(jobs))]
 
 
-def how_to_resume(config: DictConfig, sweep_dir: Path) -> str:
-    """What to rerun: the same command, or -- if its sweep directory is named by the time (the
-    default, ``${now:...}``), which a rerun would name anew -- with this directory given."""
+def rerun_command(config: DictConfig, sweep_dir: Path) -> str:
+    """How to run this sweep again: the same command, or -- if its sweep directory is named by the
+    time (the default, ``${now:...}``), which a rerun would name anew -- with this directory given."""
     unresolved = OmegaConf.to_container(config.hydra.sweep, resolve=False)
     if "${now:" in str(unresolved.get("dir", "")):  # type: ignore[union-attr]
-        return f"rerun the same command with hydra.sweep.dir={shlex.quote(str(sweep_dir))} to resume"
-    return RERUN
+        return f"{SAME_COMMAND} with hydra.sweep.dir={shlex.quote(str(sweep_dir))}"
+    return SAME_COMMAND
 
 
 def _stop(code: int, message: str) -> NoReturn:

@@ -41,7 +41,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 from vi_sweep.host import available_cores
 from vi_sweep.launch.options import BatchedLauncherConf, LauncherOptionError
 from vi_sweep.launch.slurm_queue import NEVER_START_REASONS, UNKNOWN, TaskState, cancel, task_states
-from vi_sweep.launch.interrupts import interrupts_held
+from vi_sweep.launch.interrupts import interrupts_held, rerun
 from vi_sweep.launch.task_ledger import LEDGER_FILE, RecordedTask, computation_id, record_tasks, recorded_tasks
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ def run_on_submitit(
         if options.submitit_cluster != "slurm":  # local tasks got the same Ctrl-C
             raise
         after_bar = "\n" if sys.stderr.isatty() else ""  # off the progress bar's line
-        print(f"{after_bar}vi_sweep: interrupted; submitted tasks keep running: rerun the same command to collect them", file=sys.stderr, flush=True)
+        print(f"{after_bar}vi_sweep: interrupted; submitted tasks keep running: {rerun()} to collect them", file=sys.stderr, flush=True)
         sys.exit(130)
     except NeverStarts as never:
         cancel([task.job_id for task in submitted] + [task.job_id for task in collected if task.outcome is None])

@@ -30,21 +30,34 @@ from typing import Any, Callable, Iterator
 _noted = False  # a SIGINT came while interrupts_noted's handler was in place
 _depth = 0  # interrupts_noted blocks open
 
-RERUN = "rerun the same command to resume"
-_how_to_resume = RERUN  # what the "interrupted again" line says to do: set_how_to_resume
+SAME_COMMAND = "rerun the same command"
+_rerun = SAME_COMMAND  # how to run this sweep again: set_rerun
+_how_to_resume: str | None = None  # what is left to do instead, once that is not a rerun: set_how_to_resume
+
+
+def set_rerun(command: str) -> None:
+    """How to run the sweep again (:func:`rerun`), once the caller knows: the launcher gives a sweep
+    directory named by the time, which the same command would name anew. Both this and
+    :func:`set_how_to_resume` are forgotten when the outermost :func:`interrupts_noted` block begins,
+    and a sweep being launched is again resumed by a rerun."""
+    global _rerun, _how_to_resume
+    _rerun, _how_to_resume = command, None
+
+
+def rerun() -> str:
+    """``rerun the same command`` or, for a time-named sweep, ``... with hydra.sweep.dir=DIR``."""
+    return _rerun
 
 
 def set_how_to_resume(text: str) -> None:
-    """What :func:`again_line` tells the user to do, once the caller knows (the launcher: the sweep
-    dir to give a rerun, where the sweep's dir is named by the time); back to :data:`RERUN` when
-    the outermost :func:`interrupts_noted` block begins."""
+    """What is left to do after a Ctrl-C when it is not a rerun (the multirun's report: the command that writes it)."""
     global _how_to_resume
     _how_to_resume = text
 
 
 def resume_hint() -> str:
-    """What to do after a Ctrl-C, as far as this process knows (:func:`set_how_to_resume`)."""
-    return _how_to_resume
+    """What to do after a Ctrl-C, as far as this process knows."""
+    return _how_to_resume or f"{_rerun} to resume"
 
 
 def again_line() -> str:
@@ -89,14 +102,14 @@ def interrupts_noted() -> Iterator[None]:
     a ``__del__`` -- is printed as "Exception ignored" and dropped; while the block runs it is sent
     again instead, from a thread, and arrives a moment later where it can be raised.
     """
-    global _noted, _depth, _how_to_resume
+    global _noted, _depth, _rerun, _how_to_resume
     handler = signal.getsignal(signal.SIGINT)
     if threading.current_thread() is not threading.main_thread() or handler not in (signal.default_int_handler, _note_and_raise):
         yield
         return
     outermost = _depth == 0
     if outermost:
-        _noted, _how_to_resume = False, RERUN
+        _noted, _rerun, _how_to_resume = False, SAME_COMMAND, None
         signal.signal(signal.SIGINT, _note_and_raise)
         previous_hook, sys.unraisablehook = sys.unraisablehook, functools.partial(_send_dropped_interrupt_again, sys.unraisablehook)
     _depth += 1
