@@ -10,6 +10,7 @@ script's reason, only where SLURM cannot start (not root, no apt-get), or when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 
@@ -105,6 +106,17 @@ def start_sweep(*args: str, env: dict | None = None, cwd: Path = REPO) -> subpro
     return subprocess.Popen(
         [sys.executable, "-m", "vi_sweep", "multirun", *args], cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+
+
+@contextlib.contextmanager
+def killed_if_left_running(launcher: subprocess.Popen) -> Iterator[subprocess.Popen]:
+    """The launcher, killed at the block's end if it is still running (a test that failed waiting)."""
+    try:
+        yield launcher
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
 
 
 def held_while(hold: Path) -> str:
@@ -241,15 +253,10 @@ def test_a_ctrl_c_leaves_the_tasks_running_and_names_the_time_named_dir_whose_re
     hold = tmp_path / "hold"
     hold.touch()
     args = (*ONE_TASK, *BATCHED_SLURM, held_while(hold), NO_REPORT)  # no hydra.sweep.dir: named by the time
-    launcher = start_sweep(*args, cwd=tmp_path)
-    try:
+    with killed_if_left_running(start_sweep(*args, cwd=tmp_path)) as launcher:
         (sweep,) = wait_until(lambda: [d for d in (tmp_path / "outputs" / "multiruns").glob("*/*") if recorded_tasks(d)], "the launcher to record its task")
         launcher.send_signal(signal.SIGINT)
         out, err = launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.communicate()
     assert launcher.returncode == 130, err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == f"vi_sweep: interrupted; submitted tasks keep running: rerun the same command with hydra.sweep.dir={sweep} to collect them"
@@ -318,16 +325,12 @@ def test_without_accounting_a_task_killed_before_its_result_does_not_hang_the_la
     (fake / "sacct").chmod(0o755)
     sweep, hold = tmp_path / "sweep", tmp_path / "hold"
     hold.touch()  # never released: the task is cancelled in its setup
-    launcher = start_sweep(*ONE_TASK, *BATCHED_SLURM, held_while(hold), NO_REPORT, f"hydra.sweep.dir={sweep}", env={"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"})
-    try:
+    env = {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
+    with killed_if_left_running(start_sweep(*ONE_TASK, *BATCHED_SLURM, held_while(hold), NO_REPORT, f"hydra.sweep.dir={sweep}", env=env)) as launcher:
         (task,) = wait_until(lambda: submitted_tasks(sweep), "the launcher to submit its task")
         wait_until(lambda: squeue(task).get(task) == "RUNNING", "the task to run")
         subprocess.run(["scancel", task], check=True)
         out, err = launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.communicate()
     assert launcher.returncode == 1, err
     line = _one_error_line(err)
     assert f"task {task}: CANCELLED" in line, line
