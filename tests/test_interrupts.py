@@ -429,3 +429,24 @@ def test_a_ctrl_c_in_the_report_names_the_command_that_writes_it(tmp_path):
     report = run_cli("report", str(sweep), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert (sweep / "report" / "runs.csv").exists()
+
+
+# A Ctrl-C once the multirun's callbacks are done (the report written), before the process ends.
+CTRL_C_AFTER_THE_CALLBACKS = """
+    import signal
+    from hydra._internal.callbacks import Callbacks
+    real_on_multirun_end = Callbacks.on_multirun_end
+    def on_multirun_end(self, *args, **kwargs):
+        real_on_multirun_end(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+    Callbacks.on_multirun_end = on_multirun_end
+"""
+
+
+def test_a_ctrl_c_after_the_report_is_written_says_to_rerun_not_to_write_it(tmp_path):
+    result = run_with(CTRL_C_AFTER_THE_CALLBACKS, "multirun", *SMALL_GRID, "hydra.callbacks.sweep_summary.report=true", cwd=tmp_path)
+    assert result.returncode == 130, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    assert (sweep / "report" / "runs.csv").exists()
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"vi_sweep: interrupted; rerun the same command with hydra.sweep.dir={sweep} to resume (finished runs are kept)"

@@ -158,6 +158,7 @@ class SweepSummary(Callback):
                 write_sweep_report(sweep_dir, helper=helper)
             finally:
                 gc.unfreeze()
+            set_how_to_resume(None)  # written, or failed in a line of its own: a Ctrl-C in a later callback is resumed by a rerun
         elif helper is not None:
             helper.close(kill=True)
 

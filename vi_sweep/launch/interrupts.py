@@ -49,8 +49,9 @@ def rerun() -> str:
     return _rerun
 
 
-def set_how_to_resume(text: str) -> None:
-    """What is left to do after a Ctrl-C when it is not a rerun (the multirun's report: the command that writes it)."""
+def set_how_to_resume(text: str | None) -> None:
+    """What is left to do after a Ctrl-C when it is not a rerun (the multirun's report: the command
+    that writes it); None: a rerun again."""
     global _how_to_resume
     _how_to_resume = text
 
