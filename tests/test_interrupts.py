@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -190,6 +191,16 @@ def run_with(prelude: str, *args: str, cwd=REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", program, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
 
 
+def interrupted_in_a_time_named_sweep(prelude: str, *args: str, cwd: Path) -> tuple[Path, str]:
+    """``python -m vi_sweep multirun ARGS`` in ``cwd`` with no ``hydra.sweep.dir`` (so named by the
+    time), interrupted by ``prelude``: the sweep's directory and the last line it printed."""
+    result = run_with(prelude, "multirun", *args, cwd=cwd)
+    assert result.returncode == 130, result.stderr
+    assert "Traceback" not in result.stderr
+    (sweep,) = (cwd / "outputs" / "multiruns").glob("*/*")
+    return sweep, result.stderr.strip().splitlines()[-1]
+
+
 # The third job's write is interrupted, and the interrupt turned into another error on its way out.
 INTERRUPT_BECOMES_ANOTHER_ERROR = """
     import signal
@@ -274,10 +285,7 @@ def test_the_installed_script_ends_a_ctrl_c_in_one_line_as_python_m_does(tmp_pat
 
 def test_an_interrupted_sweep_named_by_the_time_says_which_directory_to_resume(tmp_path):
     """The default sweep directory is named by the time: the same command would start another."""
-    result = run_with(INTERRUPT_BECOMES_ANOTHER_ERROR, "multirun", *SMALL_GRID, cwd=tmp_path)
-    assert result.returncode == 130, result.stderr
-    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
-    last = result.stderr.strip().splitlines()[-1]
+    sweep, last = interrupted_in_a_time_named_sweep(INTERRUPT_BECOMES_ANOTHER_ERROR, *SMALL_GRID, cwd=tmp_path)
     assert last == f"vi_sweep: interrupted: 2 of 6 runs written; rerun the same command with hydra.sweep.dir={sweep} to resume"
     rerun = run_cli("multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
@@ -285,10 +293,7 @@ def test_an_interrupted_sweep_named_by_the_time_says_which_directory_to_resume(t
 
 
 def test_a_second_ctrl_c_in_a_sweep_named_by_the_time_names_its_directory_too(tmp_path):
-    result = run_with(TWO_CTRL_CS, "multirun", *SMALL_GRID, cwd=tmp_path)
-    assert result.returncode == 130, result.stderr
-    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
-    last = result.stderr.strip().splitlines()[-1]
+    sweep, last = interrupted_in_a_time_named_sweep(TWO_CTRL_CS, *SMALL_GRID, cwd=tmp_path)
     assert last == AGAIN.replace("rerun the same command", f"rerun the same command with hydra.sweep.dir={sweep}")
     rerun = run_cli("multirun", *SMALL_GRID, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
@@ -420,11 +425,8 @@ CTRL_C_IN_THE_REPORT = """
 
 
 def test_a_ctrl_c_in_the_report_names_the_command_that_writes_it(tmp_path):
-    result = run_with(CTRL_C_IN_THE_REPORT, "multirun", *SMALL_GRID, "hydra.callbacks.sweep_summary.report=true", cwd=tmp_path)
-    assert result.returncode == 130, result.stderr
-    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    sweep, last = interrupted_in_a_time_named_sweep(CTRL_C_IN_THE_REPORT, *SMALL_GRID, "hydra.callbacks.sweep_summary.report=true", cwd=tmp_path)
     assert len(list(sweep.glob("*/metrics.parquet"))) == 6
-    last = result.stderr.strip().splitlines()[-1]
     assert last == f"vi_sweep: interrupted; python -m vi_sweep report {sweep} writes the report of its 6 runs (finished runs are kept)"
     report = run_cli("report", str(sweep), cwd=tmp_path)
     assert report.returncode == 0, report.stderr
@@ -444,9 +446,6 @@ CTRL_C_AFTER_THE_CALLBACKS = """
 
 
 def test_a_ctrl_c_after_the_report_is_written_says_to_rerun_not_to_write_it(tmp_path):
-    result = run_with(CTRL_C_AFTER_THE_CALLBACKS, "multirun", *SMALL_GRID, "hydra.callbacks.sweep_summary.report=true", cwd=tmp_path)
-    assert result.returncode == 130, result.stderr
-    (sweep,) = (tmp_path / "outputs" / "multiruns").glob("*/*")
+    sweep, last = interrupted_in_a_time_named_sweep(CTRL_C_AFTER_THE_CALLBACKS, *SMALL_GRID, "hydra.callbacks.sweep_summary.report=true", cwd=tmp_path)
     assert (sweep / "report" / "runs.csv").exists()
-    last = result.stderr.strip().splitlines()[-1]
     assert last == f"vi_sweep: interrupted; rerun the same command with hydra.sweep.dir={sweep} to resume (finished runs are kept)"
