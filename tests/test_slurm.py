@@ -119,6 +119,16 @@ def killed_if_left_running(launcher: subprocess.Popen) -> Iterator[subprocess.Po
             launcher.communicate()
 
 
+@pytest.fixture
+def hold(tmp_path) -> Iterator[Path]:
+    """A file tasks wait on (:func:`held_while`), removed when the test ends however it ends: a
+    test that fails first must not leave its tasks holding the cluster's CPUs until timeout_min."""
+    path = tmp_path / "hold"
+    path.touch()
+    yield path
+    path.unlink(missing_ok=True)
+
+
 def held_while(hold: Path) -> str:
     """An override whose tasks wait in their setup while ``hold`` exists.
 
@@ -249,9 +259,7 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_a_ctrl_c_leaves_the_tasks_running_and_names_the_time_named_dir_whose_rerun_collects_them(slurm, tmp_path):
-    hold = tmp_path / "hold"
-    hold.touch()
+def test_a_ctrl_c_leaves_the_tasks_running_and_names_the_time_named_dir_whose_rerun_collects_them(slurm, tmp_path, hold):
     args = (*ONE_TASK, *BATCHED_SLURM, held_while(hold), NO_REPORT)  # no hydra.sweep.dir: named by the time
     with killed_if_left_running(start_sweep(*args, cwd=tmp_path)) as launcher:
         (sweep,) = wait_until(lambda: [d for d in (tmp_path / "outputs" / "multiruns").glob("*/*") if recorded_tasks(d)], "the launcher to record its task")
@@ -270,18 +278,17 @@ def test_a_ctrl_c_leaves_the_tasks_running_and_names_the_time_named_dir_whose_re
     assert len(list(sweep.glob("*/metrics.parquet"))) == 2
 
 
-def test_a_cancelled_task_is_one_line_naming_it_and_a_rerun_computes_only_its_runs(slurm, tmp_path, one_cpu_reference):
-    sweep, hold = tmp_path / "sweep", tmp_path / "hold"
-    hold.touch()
+def test_a_cancelled_task_is_one_line_naming_it_and_a_rerun_computes_only_its_runs(slurm, tmp_path, one_cpu_reference, hold):
+    sweep = tmp_path / "sweep"
     args = (*GRID, *BATCHED_SLURM, held_while(hold), NO_REPORT, f"hydra.sweep.dir={sweep}")
-    launcher = start_sweep(*args)
-    tasks = wait_until(lambda: len(submitted_tasks(sweep)) == 3 and submitted_tasks(sweep), "the launcher to submit its 3 tasks")
-    first = tasks[0]  # the num_mc=1 group's 4 runs
-    wait_until(lambda: squeue(first).get(first) == "RUNNING", f"task {first} to run")
-    subprocess.run(["scancel", first], check=True)
-    wait_until(lambda: squeue(first).get(first, "CANCELLED") == "CANCELLED", f"task {first} to be cancelled")
-    hold.unlink()  # the other two go on
-    out, err = launcher.communicate(timeout=180)
+    with killed_if_left_running(start_sweep(*args)) as launcher:
+        tasks = wait_until(lambda: len(submitted_tasks(sweep)) == 3 and submitted_tasks(sweep), "the launcher to submit its 3 tasks")
+        first = tasks[0]  # the num_mc=1 group's 4 runs
+        wait_until(lambda: squeue(first).get(first) == "RUNNING", f"task {first} to run")
+        subprocess.run(["scancel", first], check=True)
+        wait_until(lambda: squeue(first).get(first, "CANCELLED") == "CANCELLED", f"task {first} to be cancelled")
+        hold.unlink()  # the other two go on
+        out, err = launcher.communicate(timeout=180)
     assert launcher.returncode == 1, err
     line = _one_error_line(err)
     assert f"task {first}: CANCELLED" in line and "1 of 3 SLURM tasks failed" in line, line
@@ -316,15 +323,14 @@ def test_a_task_that_raises_is_one_line_naming_it_and_its_exception(slurm, tmp_p
     assert f"task {task}: RuntimeError: Unable to initialize backend 'tpu'" in line, line
 
 
-def test_without_accounting_a_task_killed_before_its_result_does_not_hang_the_launcher(slurm, tmp_path):
+def test_without_accounting_a_task_killed_before_its_result_does_not_hang_the_launcher(slurm, tmp_path, hold):
     # An accounting-less SLURM (AccountingStorageType=none) cannot run beside this one: sacct is
     # replaced by what it prints there. submitit's own wait polls sacct and waited forever.
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "sacct").write_text("#!/bin/sh\necho 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
     (fake / "sacct").chmod(0o755)
-    sweep, hold = tmp_path / "sweep", tmp_path / "hold"
-    hold.touch()  # never released: the task is cancelled in its setup
+    sweep = tmp_path / "sweep"  # the hold is never released: the task is cancelled in its setup
     env = {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"}
     with killed_if_left_running(start_sweep(*ONE_TASK, *BATCHED_SLURM, held_while(hold), NO_REPORT, f"hydra.sweep.dir={sweep}", env=env)) as launcher:
         (task,) = wait_until(lambda: submitted_tasks(sweep), "the launcher to submit its task")
